@@ -1,0 +1,190 @@
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/embeddings, /v1/models.
+
+HTTP surface only: parse, hand the call to the pipeline, shape the answer. No checks live here;
+they are pipeline steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from meshgate.api.bodies import decode_request
+from meshgate.api.responses import JSONBytesResponse, encode_json, error_response, unexpected_error
+from meshgate.api.sse import EventStreamResponse
+from meshgate.errors import InternalError, MeshError, ModelNotFound
+from meshgate.gateway.pipeline import Call
+from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest
+
+if TYPE_CHECKING:
+    from meshgate.gateway.runtime import Runtime
+
+log = logging.getLogger("meshgate.api")
+T = TypeVar("T")
+
+DONE = b"data: [DONE]\n\n"
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _new_call(request: Request, endpoint: str, body: ChatCompletionRequest | EmbeddingRequest) -> Call:
+    return Call(endpoint=endpoint, request=body, headers=request.headers, request_id=request.state.request_id)
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client hangs up first (a local model then stops generating)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def _sse(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + encode_json(chunk) + b"\n\n"
+
+
+async def _stream_events(
+    first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]], call: Call, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """SSE bytes for the chunks. The usage chunk is the client's only if it asked for it."""
+
+    def shape(chunk: dict[str, Any]) -> bytes | None:
+        if include_usage:
+            chunk.setdefault("usage", None)
+            return _sse(chunk)
+        if not chunk.get("choices"):
+            return None  # the usage-only chunk the gateway asked for for its own accounting
+        chunk.pop("usage", None)
+        return _sse(chunk)
+
+    try:
+        if first is not None:
+            if (event := shape(first)) is not None:
+                yield event
+            async for chunk in rest:
+                if (event := shape(chunk)) is not None:
+                    yield event
+        yield DONE
+    except MeshError as error:
+        log.warning("stream %s failed: %s (%s)", call.request_id, error.message, error.kind)
+        yield b"data: " + encode_json(error.body()) + b"\n\n"
+    except Exception as exc:  # a bug: never leak it into the stream
+        log.error("stream %s failed unexpectedly", call.request_id, exc_info=exc)
+        yield b"data: " + encode_json(InternalError(call.request_id).body()) + b"\n\n"
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
+
+
+async def chat_completions(request: Request) -> Response:
+    runtime = _runtime(request)
+    body = await decode_request(request, ChatCompletionRequest, runtime.settings.max_body_bytes)
+    call = _new_call(request, "chat.completions", body)
+    if not body.stream:
+        result = await _unless_disconnected(request, runtime.pipeline.complete(call))
+        return JSONBytesResponse(result, headers=call.response_headers)
+    chunks = runtime.pipeline.stream(call)
+    # The first chunk is awaited here, so that failures before any output (unknown model, refused
+    # parameter, upstream down) are proper HTTP errors rather than events in a 200 stream.
+    try:
+        first: dict[str, Any] | None = await _unless_disconnected(request, chunks.__anext__())
+    except StopAsyncIteration:
+        first = None
+    return EventStreamResponse(  # type: ignore[return-value]
+        _stream_events(first, chunks, call, body.wants_usage_chunk), headers=call.response_headers
+    )
+
+
+def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector
+
+
+async def embeddings(request: Request) -> Response:
+    runtime = _runtime(request)
+    body = await decode_request(request, EmbeddingRequest, runtime.settings.max_body_bytes)
+    call = _new_call(request, "embeddings", body)
+    result = await _unless_disconnected(request, runtime.pipeline.embed(call, body.inputs()))
+    return JSONBytesResponse(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
+                for i, v in enumerate(result.vectors)
+            ],
+            "model": body.model,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        },
+        headers=call.response_headers,
+    )
+
+
+def _model_card(runtime: Runtime, name: str) -> dict[str, Any]:
+    model = runtime.models[name]
+    profile = model.profile
+    return {
+        "id": name,
+        "object": "model",
+        "created": runtime.started_at,
+        "owned_by": "meshgate",
+        "meshgate": {
+            "provider": model.provider,
+            "kind": "chat" if profile.chat else "embedding",
+            "description": model.config.description,
+            "ready": model.ready(),
+            "price": model.config.price.model_dump(),
+            "capabilities": {
+                key: value
+                for key, value in vars(profile).items()
+                if value not in (None, False) and key not in ("chat", "embeddings")
+            },
+            **model.describe(),
+        },
+    }
+
+
+async def list_models(request: Request) -> Response:
+    runtime = _runtime(request)
+    return JSONBytesResponse({"object": "list", "data": [_model_card(runtime, n) for n in runtime.models]})
+
+
+async def get_model(request: Request) -> Response:
+    runtime = _runtime(request)
+    name = request.path_params["model"]
+    if name not in runtime.models:
+        raise ModelNotFound(name)
+    return JSONBytesResponse(_model_card(runtime, name))
+
+
+ROUTES = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+]
+
+__all__ = ["ROUTES", "error_response", "unexpected_error"]

@@ -1,0 +1,116 @@
+"""The OpenAPI document of the API, generated from the same msgspec structs that validate requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from meshgate import __version__
+from meshgate.api.responses import JSONBytesResponse
+from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(status): {
+            "description": "An error in OpenAI's schema",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for status in statuses
+    }
+
+
+def _json_body(ref: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {"$ref": ref}}}}
+
+
+def build_openapi() -> dict[str, Any]:
+    (chat_ref, embed_ref), components = msgspec.json.schema_components(
+        [ChatCompletionRequest, EmbeddingRequest], ref_template="#/components/schemas/{name}"
+    )
+    components["Error"] = _ERROR
+    ok_json = {"content": {"application/json": {"schema": {"type": "object"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "meshgate", "version": __version__},
+        "paths": {
+            "/v1/chat/completions": {
+                "post": {
+                    "operationId": "createChatCompletion",
+                    "requestBody": _json_body(chat_ref["$ref"]),
+                    "responses": {
+                        "200": {
+                            "description": "A chat.completion, or an SSE stream of chunks if stream is true",
+                            "content": {
+                                "application/json": {"schema": {"type": "object"}},
+                                "text/event-stream": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_errors(400, 404, 413, 415, 429, 502, 503, 504),
+                    },
+                }
+            },
+            "/v1/embeddings": {
+                "post": {
+                    "operationId": "createEmbedding",
+                    "requestBody": _json_body(embed_ref["$ref"]),
+                    "responses": {
+                        "200": {"description": "Embeddings", **ok_json},
+                        **_errors(400, 404, 413, 415, 502, 503, 504),
+                    },
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "responses": {"200": {"description": "Models", **ok_json}},
+                }
+            },
+            "/v1/models/{model}": {
+                "get": {
+                    "operationId": "retrieveModel",
+                    "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "A model", **ok_json}, **_errors(404)},
+                }
+            },
+            "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "Alive", **ok_json}}}},
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "responses": {
+                        "200": {"description": "Ready", **ok_json},
+                        "503": {"description": "Not ready", **ok_json},
+                    },
+                }
+            },
+        },
+        "components": {"schemas": components},
+    }
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSONBytesResponse(request.app.state.openapi)
+
+
+ROUTES = [Route("/openapi.json", openapi_json, methods=["GET"])]

@@ -1,0 +1,108 @@
+"""Builds the ASGI app: routes, the request-id and error middleware, and the runtime's lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from meshgate.api import health, openai, openapi
+from meshgate.api.responses import error_response, unexpected_error
+from meshgate.errors import MeshError, MethodNotAllowed, RouteNotFound
+from meshgate.gateway.runtime import Runtime
+from meshgate.observe.counters import Counters
+
+log = logging.getLogger("meshgate.api")
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (`x-request-id` on every response) and turns any unexpected
+    exception into a 500 in OpenAI's schema without a traceback."""
+
+    def __init__(self, app: ASGIApp, counters: Counters) -> None:
+        self.app = app
+        self.counters = counters
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            self.counters.error(500, "internal")
+            if started:
+                log.error("request %s failed after its response started", request_id, exc_info=exc)
+                return
+            response = unexpected_error(exc, request_id)
+            await response(scope, receive, send_with_id)
+
+
+def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
+    """The ASGI app. With `manage_runtime`, its lifespan starts and stops the runtime."""
+    counters = Counters()
+
+    async def on_mesh_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, MeshError)
+        counters.error(exc.status, exc.kind)
+        level = logging.WARNING if exc.status >= 500 else logging.INFO
+        log.log(
+            level,
+            "%s %s -> %d %s: %s",
+            request.method,
+            request.url.path,
+            exc.status,
+            exc.kind,
+            exc.message,
+            extra={"request_id": request.state.request_id},
+        )
+        return error_response(exc, request.state.request_id)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error: MeshError
+        if exc.status_code == 405:
+            error = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
+        else:
+            error = RouteNotFound(f"Unknown request URL: {request.method} {request.url.path}.")
+        return await on_mesh_error(request, error)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if manage_runtime:
+            await runtime.start()
+        try:
+            yield
+        finally:
+            if manage_runtime:
+                await runtime.stop()
+
+    app = Starlette(
+        routes=[*openai.ROUTES, *health.ROUTES, *openapi.ROUTES],
+        exception_handlers={MeshError: on_mesh_error, HTTPException: on_http_error},
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.counters = counters
+    app.state.openapi = openapi.build_openapi()
+    app.add_middleware(RequestIdMiddleware, counters=counters)
+    return app

@@ -1,0 +1,127 @@
+"""The `meshgate` command line. Thin: parses options, calls the services."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import yaml
+
+from meshgate import __version__
+from meshgate.config import describe_config, load_config
+from meshgate.errors import ConfigError
+from meshgate.plugins import make_plugin_manager, provider_types
+from meshgate.settings import SETTINGS, SETTINGS_BY_NAME, ServerSettings, resolve_settings
+
+F = Callable[..., Any]
+
+_plugins = make_plugin_manager()
+
+
+def _setting_option(name: str) -> Callable[[F], F]:
+    setting = SETTINGS_BY_NAME[name]
+    kind: Any = setting.type if setting.type is not bool else bool
+    kwargs: dict[str, Any] = {
+        "default": None,
+        "help": f"{setting.help} [env {setting.env}; default {setting.default!r}]",
+    }
+    if setting.type is bool:
+        return click.option(f"{setting.flag}/--no-{setting.flag[2:]}", name, **kwargs)
+    return click.option(setting.flag, name, type=kind, **kwargs)
+
+
+def config_option(func: F) -> F:
+    return click.option(
+        "--config",
+        "-c",
+        "config_path",
+        default=None,
+        envvar="MESHGATE_CONFIG",
+        help="mesh.yaml to load [env MESHGATE_CONFIG; default: the embedded local models].",
+    )(func)
+
+
+def _load(config_path: str | None, cli_values: dict[str, Any]) -> tuple[Any, ServerSettings]:
+    config = load_config(config_path, provider_types(_plugins))
+    settings = resolve_settings(cli_values, config.server, config.path)
+    return config, settings
+
+
+def _fail(error: ConfigError) -> None:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(2)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group()
+@click.version_option(__version__, prog_name="meshgate")
+def cli() -> None:
+    """meshgate: one self-hosted gateway for every model, with the controls an enterprise needs."""
+
+
+def serve_options(func: F) -> F:
+    for setting in reversed(SETTINGS):
+        func = _setting_option(setting.name)(func)
+    return config_option(func)
+
+
+@cli.command()
+@serve_options
+def serve(config_path: str | None, **cli_values: Any) -> None:
+    """Start the gateway (default: local models, SQLite in the data dir)."""
+    try:
+        config, settings = _load(config_path, cli_values)
+    except ConfigError as error:
+        _fail(error)
+        return
+    _setup_logging(settings.log_level)
+    from meshgate.gateway.runtime import Runtime
+    from meshgate.server import serve as run_server
+
+    runtime = Runtime(settings, config, _plugins, provider_types(_plugins))
+    run_server(runtime)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@serve_options
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+def config_check(config_path: str | None, fmt: str, **cli_values: Any) -> None:
+    """Validate mesh.yaml and print the resolved configuration (secrets stay references)."""
+    try:
+        config, settings = _load(config_path, cli_values)
+    except ConfigError as error:
+        _fail(error)
+        return
+    described = describe_config(config, settings)
+    if fmt == "json":
+        click.echo(json.dumps(described, indent=2))
+    else:
+        click.echo(yaml.safe_dump(described, sort_keys=False).rstrip())
+    click.echo(f"# ok: {len(config.models)} models", err=True)
+
+
+_plugins.hook.register_commands(cli=cli)
+
+
+def main() -> None:
+    cli(prog_name="meshgate", auto_envvar_prefix=None)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,34 @@
+"""meshgate's own features, registered through the same hooks a third-party plugin uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from meshgate.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from meshgate.gateway.pipeline import Step
+    from meshgate.gateway.runtime import Runtime
+    from meshgate.providers.base import ProviderType
+
+
+@hookimpl
+def register_providers(register: Callable[[ProviderType], None]) -> None:
+    # Imported here so that `meshgate --help` does not load llama.cpp or onnxruntime.
+    from meshgate.providers import openai_compatible
+    from meshgate.providers.local import chat, embedding
+
+    register(openai_compatible.PROVIDER)
+    register(chat.PROVIDER)
+    register(embedding.PROVIDER)
+
+
+@hookimpl
+def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) -> None:
+    from meshgate.gateway.capabilities import CapabilityCheck
+    from meshgate.observe.request_log import RequestLogStep
+
+    register(CapabilityCheck())
+    if runtime.request_log is not None:
+        register(RequestLogStep(runtime.request_log))

@@ -1,0 +1,98 @@
+"""The capability check: a request asks only for what its model's profile says it can do.
+
+Anything else is a 400 that names the parameter; nothing is silently dropped. This reads the
+profile only, so a new provider gets the right checks by declaring its profile.
+"""
+
+from __future__ import annotations
+
+from meshgate.errors import UnsupportedParameter
+from meshgate.gateway.pipeline import ORDER_CHECK_CAPABILITIES, Call, Step
+from meshgate.protocol import (
+    AudioPart,
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    FilePart,
+    ImagePart,
+    ToolMessage,
+    UserMessage,
+)
+from meshgate.providers.base import CapabilityProfile
+
+
+def _refuse(model: str, what: str, param: str) -> UnsupportedParameter:
+    return UnsupportedParameter(f"The model `{model}` does not support {what}.", param=param)
+
+
+def check_chat(request: ChatCompletionRequest, profile: CapabilityProfile) -> None:
+    model = request.model
+    if request.stream and not profile.streaming:
+        raise _refuse(model, "streaming", "stream")
+    if request.n is not None and request.n > profile.max_choices:
+        raise _refuse(model, f"n={request.n} (at most {profile.max_choices} choice per request)", "n")
+    if request.stream_options is not None and not request.stream:
+        raise UnsupportedParameter("stream_options is only allowed when stream is true.", param="stream_options")
+    if (request.tools or request.tool_choice is not None) and not profile.tools:
+        raise _refuse(model, "tools", "tools")
+    if request.parallel_tool_calls is not None and not profile.tools:
+        raise _refuse(model, "tools", "parallel_tool_calls")
+    if request.response_format is not None and request.response_format.type != "text" and not profile.json_mode:
+        raise _refuse(model, f"response_format {request.response_format.type}", "response_format")
+    if (request.logprobs or request.top_logprobs is not None) and not profile.logprobs:
+        raise _refuse(model, "logprobs", "logprobs")
+    if request.logit_bias and not profile.logit_bias:
+        raise _refuse(model, "logit_bias", "logit_bias")
+    if (request.presence_penalty or request.frequency_penalty) and not profile.penalties:
+        raise _refuse(model, "presence or frequency penalties", "presence_penalty")
+    if request.seed is not None and not profile.seed:
+        raise _refuse(model, "seed", "seed")
+    if len(request.stop_list) > profile.max_stop_sequences:
+        raise UnsupportedParameter(
+            f"The model `{model}` accepts at most {profile.max_stop_sequences} stop sequences.", param="stop"
+        )
+    if profile.max_output_tokens is not None and (request.output_limit or 0) > profile.max_output_tokens:
+        raise UnsupportedParameter(
+            f"The model `{model}` generates at most {profile.max_output_tokens} tokens per request.",
+            param="max_tokens" if request.max_completion_tokens is None else "max_completion_tokens",
+        )
+    for index, message in enumerate(request.messages):
+        if isinstance(message, ToolMessage) and not profile.tools:
+            raise _refuse(model, "tool messages", f"messages[{index}]")
+        if isinstance(message, UserMessage) and not isinstance(message.content, str):
+            for part_index, part in enumerate(message.content):
+                param = f"messages[{index}].content[{part_index}]"
+                if isinstance(part, ImagePart) and not profile.vision:
+                    raise _refuse(model, "image input (it is a text model)", param)
+                if isinstance(part, AudioPart) and not profile.audio:
+                    raise _refuse(model, "audio input", param)
+                if isinstance(part, FilePart):
+                    raise _refuse(model, "file input", param)
+        tool_calls = getattr(message, "tool_calls", None)
+        if tool_calls and not profile.tools:
+            raise _refuse(model, "tool calls", f"messages[{index}].tool_calls")
+
+
+def check_embeddings(request: EmbeddingRequest, profile: CapabilityProfile) -> None:
+    model = request.model
+    dimensions = request.dimensions
+    fixed_size = not profile.embedding_shortening
+    if dimensions is not None and dimensions != profile.embedding_dimensions and fixed_size:
+        raise _refuse(
+            model,
+            f"dimensions={dimensions} (its vectors have {profile.embedding_dimensions})",
+            "dimensions",
+        )
+    if request.is_token_input and not profile.embedding_token_input:
+        raise _refuse(model, "token arrays as input; send text", "input")
+
+
+class CapabilityCheck(Step):
+    name = "check-capabilities"
+    order = ORDER_CHECK_CAPABILITIES
+
+    async def before(self, call: Call) -> None:
+        assert call.model is not None
+        if isinstance(call.request, ChatCompletionRequest):
+            check_chat(call.request, call.model.profile)
+        else:
+            check_embeddings(call.request, call.model.profile)

@@ -1,0 +1,194 @@
+"""The call pipeline: every model call passes the same steps, whatever provider serves it.
+
+    api parses -> resolve model -> steps.before (ascending order) -> provider -> steps.after
+    (descending order, always, also on error or hang-up)
+
+Steps come from the `register_pipeline_steps` hook; built-in ones (capability check, request log)
+register the same way. Later issues add authenticate, authorize, limits and budgets, guards and
+cache as steps at the orders reserved below, without touching the routes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshgate.errors import InvalidRequest, MeshError, ModelNotFound
+from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest
+from meshgate.providers.base import CallContext, ChatModel, EmbeddingInput, EmbeddingModel, Embeddings, Model
+
+#: Orders reserved for the steps of the design; a plugin picks a number between them.
+ORDER_AUTHENTICATE = 100
+ORDER_AUTHORIZE = 200
+ORDER_CHECK_CAPABILITIES = 300
+ORDER_LIMITS = 400
+ORDER_INPUT_GUARDS = 500
+ORDER_CACHE = 600
+ORDER_RECORD = 0  # request log, usage, audit: outermost, so `after` sees the final outcome
+
+
+@dataclass
+class Call:
+    """One model call on its way through the pipeline."""
+
+    endpoint: str  # "chat.completions" | "embeddings"
+    request: ChatCompletionRequest | EmbeddingRequest
+    headers: Mapping[str, str]
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    stream: bool = False
+    model: Model | None = None
+    started: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    status: int = 200
+    error: MeshError | None = None
+    #: Extra response headers steps want to send (rate-limit headers, for example).
+    response_headers: dict[str, str] = field(default_factory=dict)
+    #: Free space for steps to hand facts to each other (policy decisions, reservations...).
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return self.request.model
+
+    @property
+    def latency_ms(self) -> float:
+        return ((self.finished_at or time.monotonic()) - self.started) * 1000
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.first_token_at is None else (self.first_token_at - self.started) * 1000
+
+    def context(self) -> CallContext:
+        return CallContext(request_id=self.request_id, started=self.started)
+
+
+class Step:
+    """A pipeline step. `before` may refuse the call by raising a MeshError; `after` must not raise."""
+
+    name: str = "step"
+    order: int = 1000
+
+    async def before(self, call: Call) -> None:
+        return None
+
+    async def after(self, call: Call) -> None:
+        return None
+
+
+class Pipeline:
+    def __init__(self, models: Mapping[str, Model], steps: list[Step]) -> None:
+        self.models = models
+        self.steps = sorted(steps, key=lambda step: step.order)
+        # Steps that actually implement a hook, so the hot path skips empty awaits.
+        self._before = [s for s in self.steps if type(s).before is not Step.before]
+        self._after = [s for s in reversed(self.steps) if type(s).after is not Step.after]
+
+    def _resolve(self, call: Call, kind: type[Model]) -> Model:
+        model = self.models.get(call.model_name)
+        if model is None:
+            raise ModelNotFound(call.model_name)
+        if not isinstance(model, kind):
+            wanted = "chat" if kind is ChatModel else "embedding"
+            route = "/v1/" + call.endpoint.replace(".", "/")
+            raise InvalidRequest(
+                f"The model `{call.model_name}` is not a {wanted} model; it cannot serve {route}.",
+                param="model",
+                code="model_not_supported",
+            )
+        return model
+
+    async def _enter(self, call: Call, kind: type[Model]) -> Model:
+        call.model = self._resolve(call, kind)
+        for step in self._before:
+            await step.before(call)
+        return call.model
+
+    async def _leave(self, call: Call, error: BaseException | None) -> None:
+        call.finished_at = time.monotonic()
+        if isinstance(error, MeshError):
+            call.error, call.status = error, error.status
+        elif error is not None:
+            call.status = 499 if _is_cancellation(error) else 500
+        for step in self._after:
+            await step.after(call)
+
+    async def complete(self, call: Call) -> dict[str, Any]:
+        assert isinstance(call.request, ChatCompletionRequest)
+        error: BaseException | None = None
+        try:
+            model = await self._enter(call, ChatModel)
+            assert isinstance(model, ChatModel)
+            result = await model.complete(call.request, call.context())
+            call.first_token_at = time.monotonic()
+            usage = result.get("usage") or {}
+            call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            call.completion_tokens = int(usage.get("completion_tokens") or 0)
+            return result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await self._leave(call, error)
+
+    async def stream(self, call: Call) -> AsyncIterator[dict[str, Any]]:
+        """Yield chunks; the last one holds usage. Closing early counts as a hang-up (status 499)."""
+        assert isinstance(call.request, ChatCompletionRequest)
+        call.stream = True
+        error: BaseException | None = None
+        chunks: AsyncIterator[dict[str, Any]] | None = None
+        try:
+            model = await self._enter(call, ChatModel)
+            assert isinstance(model, ChatModel)
+            chunks = model.stream(call.request, call.context())
+            async for chunk in chunks:
+                if call.first_token_at is None and _has_output(chunk):
+                    call.first_token_at = time.monotonic()
+                usage = chunk.get("usage")
+                if usage:
+                    call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                    call.completion_tokens = int(usage.get("completion_tokens") or 0)
+                yield chunk
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if chunks is not None:
+                await chunks.aclose()  # type: ignore[attr-defined]
+            await self._leave(call, error)
+
+    async def embed(self, call: Call, texts: EmbeddingInput) -> Embeddings:
+        assert isinstance(call.request, EmbeddingRequest)
+        error: BaseException | None = None
+        try:
+            model = await self._enter(call, EmbeddingModel)
+            assert isinstance(model, EmbeddingModel)
+            result = await model.embed(texts, call.context(), call.request.dimensions)
+            call.first_token_at = time.monotonic()
+            call.prompt_tokens = result.prompt_tokens
+            return result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await self._leave(call, error)
+
+
+def _has_output(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
+            return True
+    return False
+
+
+def _is_cancellation(error: BaseException) -> bool:
+    import asyncio
+
+    return isinstance(error, asyncio.CancelledError | GeneratorExit)

@@ -1,0 +1,91 @@
+"""The live server state: settings, models, database, request log and the pipeline, with their lifecycle.
+
+Built once at startup; the hot path reads it from memory and never waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import pluggy
+
+from meshgate.config import MeshConfig
+from meshgate.gateway.pipeline import Pipeline, Step
+from meshgate.providers.base import Model, ProviderContext, ProviderType
+from meshgate.settings import ServerSettings
+from meshgate.store import Database, RequestLogWriter, connect, migrate
+
+log = logging.getLogger("meshgate")
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        config: MeshConfig,
+        plugins: pluggy.PluginManager,
+        provider_types: dict[str, ProviderType],
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.plugins = plugins
+        self.started_at = int(time.time())
+        context = ProviderContext(data_dir=settings.data_dir, request_timeout=settings.request_timeout)
+        self.models: dict[str, Model] = {
+            model.name: provider_types[model.provider].factory(model, context) for model in config.models
+        }
+        self.db: Database | None = None
+        self.request_log: RequestLogWriter | None = None
+        self.pipeline = Pipeline(self.models, [])
+        self._started: list[Model] = []
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = await connect(self.settings.resolved_database_url)
+        applied = await migrate(self.db)
+        if applied:
+            log.info("database migrated: %s", ", ".join(applied))
+        self.request_log = RequestLogWriter(self.db)
+        await self.request_log.start()
+
+        steps: list[Step] = []
+        self.plugins.hook.register_pipeline_steps(register=steps.append, runtime=self)
+        self.pipeline = Pipeline(self.models, steps)
+
+        # Models load side by side; a model that fails to load stops startup with its name.
+        async def start_model(model: Model) -> None:
+            began = time.monotonic()
+            try:
+                await model.start()
+            except Exception as exc:
+                raise RuntimeError(f"model `{model.name}` ({model.provider}) failed to start: {exc}") from exc
+            self._started.append(model)
+            log.info("model %s (%s) ready in %.1fs", model.name, model.provider, time.monotonic() - began)
+
+        await asyncio.gather(*(start_model(m) for m in self.models.values()))
+        for result in self.plugins.hook.startup(runtime=self):
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def stop(self) -> None:
+        for result in self.plugins.hook.shutdown(runtime=self):
+            if asyncio.iscoroutine(result):
+                await result
+        for model in self._started:
+            try:
+                await model.close()
+            except Exception:
+                log.exception("model %s did not close cleanly", model.name)
+        self._started.clear()
+        if self.request_log is not None:
+            await self.request_log.stop()
+        if self.db is not None:
+            await self.db.close()
+
+    async def readiness(self) -> dict[str, Any]:
+        checks: dict[str, Any] = {f"model:{name}": model.ready() for name, model in self.models.items()}
+        checks["database"] = self.db is not None and await self.db.ping()
+        return checks

@@ -1,0 +1,1 @@
+"""Models that run inside the meshgate process: llama.cpp chat, ONNX embeddings."""

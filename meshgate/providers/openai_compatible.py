@@ -1,0 +1,335 @@
+"""Any upstream that speaks OpenAI's API: vLLM, TGI, Ollama, llama.cpp's server, OpenAI itself.
+
+One pooled aiohttp session per model entry keeps connections alive. Streams are relayed event by
+event as they arrive, never buffered. Upstream failures map to typed errors: unreachable or 5xx is
+502, a timeout is 504, the upstream's own 4xx about the request passes through as that 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Literal
+
+import aiohttp
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from meshgate.errors import InvalidRequest, MeshError, RateLimited, UpstreamError, UpstreamTimeout
+from meshgate.protocol import ChatCompletionRequest, to_wire
+from meshgate.providers.base import (
+    CallContext,
+    CapabilityProfile,
+    ChatModel,
+    EmbeddingInput,
+    EmbeddingModel,
+    Embeddings,
+    Model,
+    ModelConfig,
+    ProviderContext,
+    ProviderType,
+)
+
+_json_decode = msgspec.json.Decoder().decode
+_json_encode = msgspec.json.Encoder().encode
+
+
+class Capabilities(BaseModel):
+    """What the upstream model can do; the pipeline refuses what it cannot (400)."""
+
+    model_config = ConfigDict(extra="forbid")
+    streaming: bool = True
+    tools: bool = True
+    json_mode: bool = True
+    vision: bool = False
+    audio: bool = False
+    logprobs: bool = True
+    logit_bias: bool = True
+    max_choices: int = Field(1, ge=1, le=128)
+    context_window: int | None = Field(None, ge=1)
+    max_output_tokens: int | None = Field(None, ge=1)
+    embedding_dimensions: int | None = Field(None, ge=1)
+    embedding_shortening: bool = False
+    #: Whether the upstream honours `stream_options.include_usage` (vLLM, OpenAI, llama.cpp do).
+    stream_usage: bool = True
+
+
+class OpenAICompatibleConfig(ModelConfig):
+    provider: Literal["openai-compatible"]
+    model: str = Field(min_length=1, description="The upstream's name for the model.")
+    base_url: str = Field(description="Up to and including /v1, e.g. http://127.0.0.1:8000/v1.")
+    api_key: SecretStr | None = None
+    kind: Literal["chat", "embedding"] = "chat"
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float | None = Field(None, gt=0, description="Seconds for a whole call; default request_timeout.")
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(120.0, gt=0, description="Longest silence between two stream events.")
+    max_connections: int = Field(256, ge=1)
+    capabilities: Capabilities = Capabilities()
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+def _profile(config: OpenAICompatibleConfig) -> CapabilityProfile:
+    caps = config.capabilities
+    return CapabilityProfile(
+        chat=config.kind == "chat",
+        embeddings=config.kind == "embedding",
+        streaming=caps.streaming,
+        tools=caps.tools,
+        json_mode=caps.json_mode,
+        vision=caps.vision,
+        audio=caps.audio,
+        logprobs=caps.logprobs,
+        logit_bias=caps.logit_bias,
+        max_choices=caps.max_choices,
+        max_stop_sequences=16,
+        context_window=caps.context_window,
+        max_output_tokens=caps.max_output_tokens,
+        embedding_dimensions=caps.embedding_dimensions,
+        embedding_shortening=caps.embedding_shortening,
+        embedding_token_input=True,
+    )
+
+
+class _Upstream:
+    """The HTTP side shared by the chat and embedding adapters: pool, headers, error mapping."""
+
+    def __init__(self, config: OpenAICompatibleConfig, context: ProviderContext) -> None:
+        self.config = config
+        self.total_timeout = config.timeout or context.request_timeout
+        self.session: aiohttp.ClientSession | None = None
+        self.headers = {"content-type": "application/json", **config.headers}
+        if config.api_key is not None:
+            self.headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.config.max_connections, keepalive_timeout=60)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=self.total_timeout,
+                sock_connect=self.config.connect_timeout,
+                sock_read=self.config.read_timeout,
+            ),
+            # The upstream's own compression is fine, but we never want aiohttp to guess cookies.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=True,
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def _error_from_status(self, status: int, body: bytes, headers: Any) -> MeshError:
+        message = ""
+        try:
+            data = _json_decode(body)
+            if isinstance(data, dict) and isinstance(data.get("error"), dict):
+                message = str(data["error"].get("message") or "")
+            elif isinstance(data, dict) and "message" in data:
+                message = str(data["message"])
+        except msgspec.DecodeError:
+            message = body[:200].decode("utf-8", "replace")
+        provider = self.config.provider
+        if status == 429:
+            retry = headers.get("retry-after", "1")
+            return RateLimited(
+                f"The upstream of `{self.config.name}` is rate limiting: {message or 'too many requests'}",
+                retry_after=int(retry) if str(retry).isdigit() else 1,
+            )
+        if status in (400, 413, 422):
+            return InvalidRequest(f"The upstream of `{self.config.name}` rejected the request: {message}")
+        if status in (401, 403):
+            return UpstreamError(
+                f"The upstream of `{self.config.name}` refused meshgate's credentials (HTTP {status}); "
+                "check the model's api_key",
+                provider=provider,
+                upstream_status=status,
+            )
+        detail = f": {message}" if message else ""
+        return UpstreamError(
+            f"The upstream of `{self.config.name}` failed with HTTP {status}{detail}",
+            provider=provider,
+            upstream_status=status,
+        )
+
+    def _transport_error(self, exc: BaseException) -> MeshError:
+        if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+            return UpstreamTimeout(
+                f"The upstream of `{self.config.name}` did not answer in time", provider=self.config.provider
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return UpstreamError(
+                f"The upstream of `{self.config.name}` is unreachable at {self.config.base_url}",
+                provider=self.config.provider,
+            )
+        return UpstreamError(
+            f"The connection to the upstream of `{self.config.name}` failed: {type(exc).__name__}",
+            provider=self.config.provider,
+        )
+
+    async def post_json(self, path: str, payload: dict[str, Any]) -> Any:
+        assert self.session is not None, "start() first"
+        try:
+            async with self.session.post(
+                self.config.base_url + path, data=_json_encode(payload), headers=self.headers
+            ) as response:
+                body = await response.read()
+                if response.status >= 400:
+                    raise self._error_from_status(response.status, body, response.headers)
+        except MeshError:
+            raise
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from None
+        try:
+            return _json_decode(body)
+        except msgspec.DecodeError:
+            raise UpstreamError(
+                f"The upstream of `{self.config.name}` answered with invalid JSON",
+                provider=self.config.provider,
+            ) from None
+
+    async def post_stream(self, path: str, payload: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        """POST and yield each SSE `data:` event as a dict until `[DONE]`."""
+        assert self.session is not None, "start() first"
+        try:
+            async with self.session.post(
+                self.config.base_url + path, data=_json_encode(payload), headers=self.headers
+            ) as response:
+                if response.status >= 400:
+                    raise self._error_from_status(response.status, await response.read(), response.headers)
+                buffer = b""
+                async for piece in response.content.iter_any():
+                    buffer += piece
+                    while True:
+                        end = buffer.find(b"\n")
+                        if end < 0:
+                            break
+                        line, buffer = buffer[:end].rstrip(b"\r"), buffer[end + 1 :]
+                        if not line.startswith(b"data:"):
+                            continue  # comments, `event:` and blank separator lines
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            return
+                        try:
+                            event = _json_decode(data)
+                        except msgspec.DecodeError:
+                            raise UpstreamError(
+                                f"The upstream of `{self.config.name}` sent an unreadable stream event",
+                                provider=self.config.provider,
+                            ) from None
+                        if isinstance(event, dict) and "error" in event:
+                            raise UpstreamError(
+                                f"The upstream of `{self.config.name}` failed mid-stream: "
+                                f"{(event['error'] or {}).get('message', '')}",
+                                provider=self.config.provider,
+                            )
+                        yield event
+        except MeshError:
+            raise
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from None
+        raise UpstreamError(
+            f"The upstream of `{self.config.name}` ended the stream early (no [DONE])",
+            provider=self.config.provider,
+        )
+
+
+class OpenAICompatibleChat(ChatModel):
+    provider = "openai-compatible"
+    config: OpenAICompatibleConfig
+
+    def __init__(self, config: OpenAICompatibleConfig, context: ProviderContext) -> None:
+        super().__init__(config, _profile(config))
+        self.upstream = _Upstream(config, context)
+
+    async def start(self) -> None:
+        await self.upstream.start()
+
+    async def close(self) -> None:
+        await self.upstream.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {"upstream_model": self.config.model}
+
+    def _payload(self, request: ChatCompletionRequest, stream: bool) -> dict[str, Any]:
+        payload = to_wire(request)
+        payload["model"] = self.config.model
+        payload["stream"] = stream
+        payload.pop("stream_options", None)
+        if stream and self.config.capabilities.stream_usage:
+            # Always ask for usage: the gateway counts every stream, whether or not the client asked.
+            payload["stream_options"] = {"include_usage": True}
+        return payload
+
+    async def complete(self, request: ChatCompletionRequest, call: CallContext) -> dict[str, Any]:
+        result = await self.upstream.post_json("/chat/completions", self._payload(request, stream=False))
+        if not isinstance(result, dict) or not isinstance(result.get("choices"), list):
+            raise UpstreamError(f"The upstream of `{self.name}` answered without choices", provider=self.provider)
+        result["model"] = self.name
+        return result
+
+    async def stream(self, request: ChatCompletionRequest, call: CallContext) -> AsyncIterator[dict[str, Any]]:
+        events = self.upstream.post_stream("/chat/completions", self._payload(request, stream=True))
+        try:
+            async for event in events:
+                event["model"] = self.name
+                yield event
+        finally:
+            await events.aclose()
+
+
+class OpenAICompatibleEmbedding(EmbeddingModel):
+    provider = "openai-compatible"
+    config: OpenAICompatibleConfig
+
+    def __init__(self, config: OpenAICompatibleConfig, context: ProviderContext) -> None:
+        super().__init__(config, _profile(config))
+        self.upstream = _Upstream(config, context)
+
+    async def start(self) -> None:
+        await self.upstream.start()
+
+    async def close(self) -> None:
+        await self.upstream.close()
+
+    async def embed(self, texts: EmbeddingInput, call: CallContext, dimensions: int | None = None) -> Embeddings:
+        payload: dict[str, Any] = {"model": self.config.model, "input": texts, "encoding_format": "float"}
+        if dimensions is not None:
+            payload["dimensions"] = dimensions
+        result = await self.upstream.post_json("/embeddings", payload)
+        try:
+            rows = sorted(result["data"], key=lambda row: row["index"])
+            vectors = [row["embedding"] for row in rows]
+            tokens = int((result.get("usage") or {}).get("prompt_tokens", 0))
+        except (KeyError, TypeError, ValueError):
+            raise UpstreamError(
+                f"The upstream of `{self.name}` answered embeddings in an unknown shape",
+                provider=self.provider,
+            ) from None
+        if len(vectors) != len(texts):
+            raise UpstreamError(
+                f"The upstream of `{self.name}` returned {len(vectors)} vectors for {len(texts)} inputs",
+                provider=self.provider,
+            )
+        return Embeddings(vectors=vectors, prompt_tokens=tokens)
+
+
+def _build(config: OpenAICompatibleConfig, context: ProviderContext) -> Model:
+    if config.kind == "embedding":
+        return OpenAICompatibleEmbedding(config, context)
+    return OpenAICompatibleChat(config, context)
+
+
+PROVIDER = ProviderType(
+    name="openai-compatible",
+    config_model=OpenAICompatibleConfig,
+    factory=_build,
+    description="Any upstream speaking OpenAI's API: vLLM, TGI, Ollama, llama.cpp server, OpenAI.",
+)

@@ -1,0 +1,80 @@
+"""The database interface every backend implements, and `connect()` that picks one by URL.
+
+SQL is written once with `?` placeholders and portable types (TEXT, BIGINT, INTEGER, DOUBLE
+PRECISION); each backend adapts the placeholders. Rows come back as dicts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+from urllib.parse import urlsplit
+
+from meshgate.errors import ConfigError
+
+Params = Sequence[Any]
+Row = dict[str, Any]
+
+
+class Queries(ABC):
+    """Statements that run on a connection or inside a transaction."""
+
+    @abstractmethod
+    async def execute(self, sql: str, params: Params = ()) -> None: ...
+
+    @abstractmethod
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None: ...
+
+    @abstractmethod
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+
+class Database(Queries):
+    #: "sqlite" or "postgresql"; migrations with per-dialect SQL pick by it.
+    dialect: str
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Queries]:
+        """`async with db.transaction() as tx:` commits at exit, rolls back on an exception."""
+
+    @abstractmethod
+    def lock_for_migrations(self) -> AbstractAsyncContextManager[Queries]:
+        """A transaction that holds a lock no other process can take at the same time."""
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the database answers; never raises."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+async def connect(url: str) -> Database:
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from meshgate.store.sqlite import SQLiteDatabase
+
+        return await SQLiteDatabase.open(url)
+    if scheme in ("postgresql", "postgres"):
+        from meshgate.store.postgres import PostgresDatabase
+
+        return await PostgresDatabase.open(url)
+    raise ConfigError(
+        f"database_url: unsupported scheme {scheme or '(none)'!r} in {redact(url)}; "
+        "use sqlite:///path/to/file.db or postgresql://user@host:5432/db"
+    )

@@ -1,0 +1,66 @@
+"""Named, append-only migration steps, recorded in `meshgate_migrations`.
+
+Add a step by appending to MIGRATIONS; never edit or reorder a step that has shipped. A step's SQL
+is one portable statement list, or a dict of lists per dialect. `migrate()` applies the missing
+steps in order under a lock, so replicas starting together apply each step exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from meshgate.store.database import Database
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: tuple[str, ...] | dict[str, tuple[str, ...]]
+
+    def statements(self, dialect: str) -> tuple[str, ...]:
+        return self.sql[dialect] if isinstance(self.sql, dict) else self.sql
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(
+        "0001_request_log",
+        (
+            """CREATE TABLE request_log (
+                id TEXT PRIMARY KEY,
+                ts DOUBLE PRECISION NOT NULL,
+                endpoint TEXT NOT NULL,
+                model TEXT NOT NULL,
+                status INTEGER NOT NULL,
+                latency_ms DOUBLE PRECISION NOT NULL,
+                ttft_ms DOUBLE PRECISION,
+                prompt_tokens INTEGER NOT NULL,
+                completion_tokens INTEGER NOT NULL,
+                stream INTEGER NOT NULL,
+                error_kind TEXT
+            )""",
+            "CREATE INDEX request_log_ts ON request_log (ts)",
+        ),
+    ),
+]
+
+_TABLE = "CREATE TABLE IF NOT EXISTS meshgate_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+
+
+async def migrate(db: Database, migrations: list[Migration] | None = None) -> list[str]:
+    """Apply the steps not yet recorded; returns the names applied (empty when up to date)."""
+    steps = MIGRATIONS if migrations is None else migrations
+    applied: list[str] = []
+    async with db.lock_for_migrations() as tx:
+        await tx.execute(_TABLE)
+        done = {row["name"] for row in await tx.fetchall("SELECT name FROM meshgate_migrations")}
+        for step in steps:
+            if step.name in done:
+                continue
+            for statement in step.statements(db.dialect):
+                await tx.execute(statement)
+            await tx.execute(
+                "INSERT INTO meshgate_migrations (name, applied_at) VALUES (?, ?)", (step.name, time.time())
+            )
+            applied.append(step.name)
+    return applied

@@ -1,0 +1,146 @@
+"""The request log: one record per call, written in batches by a background task.
+
+`submit()` is what the request path calls: synchronous, O(1), never blocks, never raises. Records
+wait in a bounded buffer; the writer inserts them with one statement per batch. When the database
+is slow or down, the batch stays in the buffer and is retried with backoff; when the buffer is
+full, new records are dropped and counted, so memory stays bounded and requests are never slowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import astuple, dataclass
+
+from meshgate.store.database import Database
+
+log = logging.getLogger("meshgate.store")
+
+INSERT = (
+    "INSERT INTO request_log (id, ts, endpoint, model, status, latency_ms, ttft_ms, prompt_tokens, "
+    "completion_tokens, stream, error_kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    id: str
+    ts: float
+    endpoint: str
+    model: str
+    status: int
+    latency_ms: float
+    ttft_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    stream: bool
+    error_kind: str | None
+
+    def row(self) -> tuple[object, ...]:
+        values = astuple(self)
+        return (*values[:9], int(self.stream), self.error_kind)
+
+
+@dataclass
+class WriterStats:
+    written: int = 0
+    dropped: int = 0
+    failed_batches: int = 0
+    queue_depth: int = 0
+
+
+class RequestLogWriter:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_queue: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.5,
+        retry_backoff: tuple[float, float] = (0.5, 30.0),
+    ) -> None:
+        self.db = db
+        self.max_queue = max_queue
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.backoff_min, self.backoff_max = retry_backoff
+        self._buffer: deque[RequestRecord] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stats = WriterStats()
+        self._backoff = 0.0
+
+    @property
+    def stats(self) -> WriterStats:
+        self._stats.queue_depth = len(self._buffer)
+        return self._stats
+
+    def submit(self, record: RequestRecord) -> bool:
+        if len(self._buffer) >= self.max_queue:
+            self._stats.dropped += 1
+            return False
+        self._buffer.append(record)
+        if len(self._buffer) >= self.batch_size:
+            self._wakeup.set()
+        return True
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="request-log-writer")
+
+    async def _write_batch(self) -> bool:
+        """Write the oldest batch; True on success. On failure the records stay buffered."""
+        batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
+        if not batch:
+            return True
+        try:
+            await self.db.executemany(INSERT, [r.row() for r in batch])
+        except Exception as exc:
+            self._stats.failed_batches += 1
+            log.warning("request log: writing %d records failed (%s); will retry", len(batch), type(exc).__name__)
+            return False
+        for _ in batch:
+            self._buffer.popleft()
+        self._stats.written += len(batch)
+        return True
+
+    async def flush(self) -> bool:
+        """Write everything buffered now; False if the database refused."""
+        while self._buffer:
+            if not await self._write_batch():
+                return False
+        return True
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self._backoff or self.flush_interval)
+            self._wakeup.clear()
+            if await self.flush():
+                self._backoff = 0.0
+            else:
+                self._backoff = min(max(self._backoff * 2, self.backoff_min), self.backoff_max)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop the task, then write what is left, trying for at most `grace` seconds."""
+        self._stopping = True
+        self._wakeup.set()
+        deadline = time.monotonic() + grace
+        if self._task is not None:
+            # The loop sees `_stopping`, makes one last flush and ends; a hung database gets cancelled.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, grace)
+        delay = self.backoff_min
+        while self._buffer and time.monotonic() < deadline:
+            try:
+                flushed = await asyncio.wait_for(self.flush(), max(deadline - time.monotonic(), 0.01))
+            except TimeoutError:
+                break  # the database hangs: give up at the deadline rather than block shutdown
+            if not flushed:
+                await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+                delay = min(delay * 2, self.backoff_max)
+        if self._buffer:
+            log.error("request log: %d records could not be written before shutdown", len(self._buffer))

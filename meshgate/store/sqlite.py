@@ -1,0 +1,133 @@
+"""SQLite backend: the standard library's sqlite3 on one connection owned by one worker thread.
+
+All statements run on that thread, in order, so the event loop never blocks on disk and the
+connection is never shared between threads. WAL lets other processes read and write the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from meshgate.errors import ConfigError
+from meshgate.store.database import Database, Params, Queries, Row
+
+T = TypeVar("T")
+
+
+def _path_from_url(url: str) -> Path:
+    """sqlite:///relative.db -> relative.db; sqlite:////abs/path.db -> /abs/path.db (SQLAlchemy's form)."""
+    parts = urlsplit(url)
+    path = parts.path[1:]
+    if parts.netloc or not path:
+        raise ConfigError(f"database_url: cannot read a file path from {url!r}; use sqlite:///path/to/file.db")
+    return Path(path).expanduser()
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[Row]:
+    if cursor.description is None:
+        return []
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+class _Statements(Queries):
+    """Runs statements on the connection's thread; used for the database and its transactions."""
+
+    def __init__(self, db: SQLiteDatabase) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, params: Params = ()) -> None:
+        await self._db._run(lambda conn: conn.execute(sql, tuple(params)))
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        await self._db._run(lambda conn: conn.executemany(sql, [tuple(r) for r in rows]))
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return await self._db._run(lambda conn: _rows(conn.execute(sql, tuple(params))))
+
+
+class SQLiteDatabase(Database):
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
+        self.path = path
+        self._conn = conn
+        self._executor = executor
+        # One transaction at a time on the single connection; plain statements wait for it too.
+        self._tx_lock = asyncio.Lock()
+        self._statements = _Statements(self)
+
+    @classmethod
+    async def open(cls, url: str) -> SQLiteDatabase:
+        path = _path_from_url(url)
+        executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+
+        def connect() -> sqlite3.Connection:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: autocommit; transactions are explicit BEGIN ... COMMIT.
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            return conn
+
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(executor, connect)
+        except (sqlite3.Error, OSError) as exc:
+            executor.shutdown(wait=False)
+            raise ConfigError(f"database_url: cannot open SQLite database {path}: {exc}") from None
+        return cls(path, conn, executor)
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, work, self._conn)
+
+    async def execute(self, sql: str, params: Params = ()) -> None:
+        async with self._tx_lock:
+            await self._statements.execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        async with self.transaction() as tx:
+            await tx.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        async with self._tx_lock:
+            return await self._statements.fetchall(sql, params)
+
+    @asynccontextmanager
+    async def _transaction(self, begin: str) -> AsyncIterator[Queries]:
+        async with self._tx_lock:
+            await self._run(lambda conn: conn.execute(begin))
+            try:
+                yield self._statements
+            except BaseException:
+                await self._run(lambda conn: conn.execute("ROLLBACK"))
+                raise
+            await self._run(lambda conn: conn.execute("COMMIT"))
+
+    def transaction(self) -> AbstractAsyncContextManager[Queries]:
+        return self._transaction("BEGIN")
+
+    def lock_for_migrations(self) -> AbstractAsyncContextManager[Queries]:
+        # BEGIN IMMEDIATE takes SQLite's write lock at once: a second process waits (busy_timeout).
+        return self._transaction("BEGIN IMMEDIATE")
+
+    async def ping(self) -> bool:
+        try:
+            await self.fetchall("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._run(lambda conn: conn.close())
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,246 @@
+"""End to end: a real `meshgate serve` process, driven with the official `openai` SDK."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from meshgate.testing.fake_openai import FakeOpenAI
+from tests.conftest import UPSTREAM_KEY, free_port
+
+pytestmark = pytest.mark.slow
+
+
+class ServerProcess:
+    def __init__(self, args: list[str], env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.output: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "meshgate", "serve", "--port", str(port), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("server exited:\n" + "".join(self.output))
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("server not ready:\n" + "".join(self.output))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(required_key=UPSTREAM_KEY) as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, fake: FakeOpenAI) -> Iterator[ServerProcess]:
+    """`meshgate serve` on the embedded defaults plus one upstream model, as a user would run it."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    config = tmp / "mesh.yaml"
+    config.write_text(
+        f"""
+models:
+  - name: local-chat
+    provider: local-llama
+  - name: local-embed
+    provider: local-embedding
+  - name: bench
+    provider: openai-compatible
+    model: echo
+    base_url: {fake.base_url}
+    api_key: ${{BENCH_UPSTREAM_KEY}}
+    price: {{input: 2.5, output: 10.0}}
+  - name: slow
+    provider: openai-compatible
+    model: "slow:1.5"
+    base_url: {fake.base_url}
+    api_key: ${{BENCH_UPSTREAM_KEY}}
+"""
+    )
+    env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY, "MESHGATE_DATA_DIR": str(tmp / "data")}
+    proc = ServerProcess(["--config", str(config)], env, free_port())
+    proc.wait_ready()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture()
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key="unused-until-issue-3", max_retries=0)
+
+
+def test_banner_names_url_and_models(server: ServerProcess) -> None:
+    text = "".join(server.output)
+    assert f"http://127.0.0.1:{server.port}/v1" in text
+    assert "local-chat" in text and "local-embed" in text and "bench" in text
+
+
+def test_chat_with_the_sdk(client: openai.OpenAI) -> None:
+    result = client.chat.completions.create(
+        model="local-chat", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
+    )
+    assert result.choices[0].message.role == "assistant"
+    assert result.usage is not None and 1 <= result.usage.completion_tokens <= 8
+    proxied = client.chat.completions.create(model="bench", messages=[{"role": "user", "content": "hi"}])
+    assert proxied.choices[0].message.content == "echo: hi"
+
+
+def test_streaming_with_the_sdk(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="local-chat",
+        messages=[{"role": "user", "content": "Tell me a story."}],
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, usage = [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert pieces, "no tokens streamed"
+    assert usage is not None and usage.completion_tokens >= len(pieces) - 1
+
+
+def test_embeddings_with_the_sdk(client: openai.OpenAI) -> None:
+    result = client.embeddings.create(model="local-embed", input=["a cat", "a kitten", "a tax form"])
+    vectors = [row.embedding for row in result.data]
+    assert len(vectors) == 3 and len(vectors[0]) == 384
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
+    assert dot(vectors[0], vectors[1]) > dot(vectors[0], vectors[2])
+    assert result.usage.prompt_tokens > 0
+    # The SDK asks for base64 by default when numpy is around; check float explicitly too.
+    floats = client.embeddings.create(model="local-embed", input="a cat", encoding_format="float")
+    assert abs(floats.data[0].embedding[0] - vectors[0][0]) < 1e-5
+
+
+def test_models_with_the_sdk(client: openai.OpenAI) -> None:
+    ids = {m.id for m in client.models.list()}
+    assert {"local-chat", "local-embed", "bench"} <= ids
+    assert client.models.retrieve("local-embed").id == "local-embed"
+
+
+def test_errors_with_the_sdk(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert missing.value.body["code"] == "model_not_found"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="local-chat", messages=[{"role": "user", "content": "x"}], n=3)
+    assert bad.value.body["param"] == "n"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="local-chat", messages=[{"role": "user", "content": "x"}], extra_body={"bogus": 1}
+        )
+
+
+def test_hang_up_mid_stream_does_not_hold_up_the_next_request(server: ServerProcess) -> None:
+    body = {
+        "model": "local-chat",
+        "messages": [{"role": "user", "content": "Write a long essay."}],
+        "max_tokens": 3000,
+        "stream": True,
+        "logit_bias": {"1": -100, "106": -100, "105": -100},
+    }
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream("POST", server.base_url + "/chat/completions", json=body) as r,
+    ):
+        received = 0
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                received += 1
+            if received >= 5:
+                break  # hang up with ~3000 tokens (about a minute of work) still to go
+    started = time.monotonic()
+    with httpx.Client(timeout=60) as http:
+        response = http.post(
+            server.base_url + "/chat/completions",
+            json={"model": "local-chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+        )
+    assert response.status_code == 200
+    assert time.monotonic() - started < 10
+
+
+def test_sigterm_finishes_in_flight_requests(tmp_path: Path, fake: FakeOpenAI) -> None:
+    config = tmp_path / "mesh.yaml"
+    config.write_text(
+        "models:\n  - name: slow\n    provider: openai-compatible\n    model: 'slow:1.5'\n"
+        f"    base_url: {fake.base_url}\n"
+        "    api_key: ${BENCH_UPSTREAM_KEY}\n"
+    )
+    env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
+    proc = ServerProcess(["--config", str(config), "--data-dir", str(tmp_path / "d")], env, free_port())
+    proc.wait_ready(60)
+    result: dict[str, int] = {}
+
+    def call() -> None:
+        response = httpx.post(
+            proc.base_url + "/chat/completions",
+            timeout=30,
+            json={"model": "slow", "messages": [{"role": "user", "content": "x"}]},
+        )
+        result["status"] = response.status_code
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    time.sleep(0.5)
+    proc.proc.send_signal(signal.SIGTERM)
+    worker.join(30)
+    assert result.get("status") == 200
+    assert proc.proc.wait(30) == 0
+    assert (tmp_path / "d" / "meshgate.db").exists()
+
+
+def test_bad_config_fails_with_file_and_field(tmp_path: Path) -> None:
+    config = tmp_path / "mesh.yaml"
+    config.write_text("models:\n  - name: x\n    provider: openai-compatible\n    model: m\n    base_url: ftp://a\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "meshgate", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"{config}: models[0].base_url" in result.stderr

@@ -1,0 +1,134 @@
+"""The real local chat model (Gemma 3 270M through llama.cpp), in process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import msgspec
+
+from meshgate.protocol import ChatCompletionRequest
+from meshgate.providers.local.chat import _stop_holdback
+from tests.conftest import AppClient
+from tests.test_api_errors import assert_openai_error
+
+CHAT = "/v1/chat/completions"
+ASK = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colours."}]
+
+
+def test_stop_holdback() -> None:
+    assert _stop_holdback("hello wor", ["world"]) == 3
+    assert _stop_holdback("hello", ["xyz"]) == 0
+    assert _stop_holdback("ab\n\nU", ["\n\nUser:", "b\n"]) == 3
+
+
+async def test_completion_with_usage_from_the_models_tokenizer(local_client: AppClient) -> None:
+    response = await local_client.http.post(
+        CHAT, json={"model": "local-chat", "messages": ASK, "max_tokens": 12, "temperature": 0}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    model = local_client.runtime.models["local-chat"]
+    prepared = model._prepare(msgspec.convert({"model": "local-chat", "messages": ASK}, ChatCompletionRequest))
+    assert usage["prompt_tokens"] == len(prepared.prompt_tokens)
+    assert 1 <= usage["completion_tokens"] <= 12
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+async def test_max_tokens_stops_at_exactly_that_many(local_client: AppClient) -> None:
+    response = await local_client.http.post(
+        CHAT,
+        json={
+            "model": "local-chat",
+            "messages": [{"role": "user", "content": "Count: 1, 2, 3,"}],
+            "max_completion_tokens": 5,
+            "temperature": 0,
+            "logit_bias": {"1": -100, "106": -100},
+        },
+    )
+    body = response.json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 5
+
+
+async def test_seed_makes_sampling_repeatable(local_client: AppClient) -> None:
+    body = {"model": "local-chat", "messages": ASK, "max_tokens": 10, "temperature": 1.0, "seed": 1234}
+    first = (await local_client.http.post(CHAT, json=body)).json()["choices"][0]["message"]["content"]
+    second = (await local_client.http.post(CHAT, json=body)).json()["choices"][0]["message"]["content"]
+    assert first == second
+
+
+async def test_stop_sequence_is_honoured(local_client: AppClient) -> None:
+    body = {
+        "model": "local-chat",
+        "messages": [{"role": "user", "content": "Write the letters a b c d e f g"}],
+        "max_tokens": 40,
+        "temperature": 0,
+    }
+    free = (await local_client.http.post(CHAT, json=body)).json()["choices"][0]["message"]["content"]
+    assert len(free) > 3
+    stop = free[2:4]
+    stopped = (await local_client.http.post(CHAT, json={**body, "stop": [stop]})).json()
+    text = stopped["choices"][0]["message"]["content"]
+    assert stop not in text
+    assert free.startswith(text)
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_stream_matches_usage_and_ends_with_done(local_client: AppClient) -> None:
+    body = {
+        "model": "local-chat",
+        "messages": ASK,
+        "max_tokens": 8,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0,
+    }
+    async with local_client.http.stream("POST", CHAT, json=body) as response:
+        events = [line[6:] async for line in response.aiter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["usage"]["completion_tokens"] >= 1
+    assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    whole = (await local_client.http.post(CHAT, json={**body, "stream": False, "stream_options": None})).json()
+    assert text == whole["choices"][0]["message"]["content"]
+
+
+async def test_context_length_exceeded_is_400(local_client: AppClient) -> None:
+    long = "word " * 5000
+    response = await local_client.http.post(
+        CHAT, json={"model": "local-chat", "messages": [{"role": "user", "content": long}]}
+    )
+    assert_openai_error(response, 400, param="messages", code="context_length_exceeded")
+    response = await local_client.http.post(
+        CHAT, json={"model": "local-chat", "messages": ASK, "max_tokens": 100000, "stream": True}
+    )
+    assert_openai_error(response, 400, param="max_tokens", code="context_length_exceeded")
+
+
+async def test_hung_up_generation_frees_the_model(local_client: AppClient) -> None:
+    """A non-streaming call cancelled mid-generation stops at once; the next call is not held up."""
+    model = local_client.runtime.models["local-chat"]
+    long = {
+        "model": "local-chat",
+        "messages": ASK,
+        "max_tokens": 2000,
+        "temperature": 1.0,
+        "logit_bias": {"1": -100, "106": -100, "105": -100},
+    }
+    task = asyncio.ensure_future(local_client.http.post(CHAT, json=long))
+    await asyncio.sleep(1.0)
+    task.cancel()
+    started = time.monotonic()
+    response = await local_client.http.post(CHAT, json={"model": "local-chat", "messages": ASK, "max_tokens": 3})
+    assert response.status_code == 200
+    # 2000 tokens would take half a minute here; a freed model answers in well under that.
+    assert time.monotonic() - started < 10
+    assert model._contexts.qsize() == model.config.concurrency
