@@ -92,36 +92,33 @@ class UnsupportedMediaType(MeshError):
     kind = "media_type"
 
 
-class Overloaded(MeshError):
-    """Too many requests are already queued for a model (503); the client may retry."""
+class RetryLater(MeshError):
+    """An error the client may retry after `retry_after` seconds, said in `Retry-After`."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}
+
+
+class Overloaded(RetryLater):
+    """Too many requests are already queued for a model (503)."""
 
     status = 503
     type = "server_error"
     default_code = "overloaded"
     kind = "overloaded"
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
-    def headers(self) -> dict[str, str]:
-        return {"retry-after": str(self.retry_after)}
-
-
-class RateLimited(MeshError):
-    """Too many requests or tokens (429); `Retry-After` says when to come back."""
+class RateLimited(RetryLater):
+    """Too many requests or tokens (429)."""
 
     status = 429
     type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
     kind = "rate_limited"
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"retry-after": str(self.retry_after)}
 
 
 class UpstreamError(MeshError):

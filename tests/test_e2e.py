@@ -244,3 +244,26 @@ def test_bad_config_fails_with_file_and_field(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{config}: models[0].base_url" in result.stderr
+
+
+def test_no_config_serves_the_embedded_defaults(tmp_path: Path) -> None:
+    """The README's first command: no mesh.yaml at all, run from an empty directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_")}
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshgate", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        server = ServerProcess.__new__(ServerProcess)
+        server.port, server.proc, server.output = port, proc, []
+        server.wait_ready()
+        ids = {m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]}
+        assert ids == {"local-chat", "local-embed"}
+        assert (tmp_path / ".meshgate" / "meshgate.db").is_file()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0

@@ -132,3 +132,36 @@ async def test_hung_up_generation_frees_the_model(local_client: AppClient) -> No
     # 2000 tokens would take half a minute here; a freed model answers in well under that.
     assert time.monotonic() - started < 10
     assert model._contexts.qsize() == model.config.concurrency
+
+
+async def test_requests_queue_in_order_and_overflow_is_503(tmp_path) -> None:
+    """One context: requests are served in arrival order; past max_queue waiting, a 503 with Retry-After."""
+    from tests.conftest import AppClient, make_runtime
+
+    runtime = make_runtime(
+        tmp_path,
+        "models:\n  - {name: tiny, provider: local-llama, concurrency: 1, max_queue: 2, context_window: 512}\n",
+    )
+    await runtime.start()
+    client = AppClient(runtime)
+    try:
+        finished: list[int] = []
+        body = {"model": "tiny", "messages": ASK, "max_tokens": 24, "logit_bias": {"1": -100, "106": -100, "105": -100}}
+
+        async def ask(index: int) -> int:
+            response = await client.http.post(CHAT, json=body)
+            finished.append(index)
+            return response.status_code
+
+        first = asyncio.ensure_future(ask(0))
+        await asyncio.sleep(0.1)  # generating
+        waiting = [asyncio.ensure_future(ask(i)) for i in (1, 2)]
+        await asyncio.sleep(0.1)  # both queued
+        overflow = await client.http.post(CHAT, json=body)
+        assert_openai_error(overflow, 503, code="overloaded")
+        assert overflow.headers["retry-after"] == "1"
+        assert await asyncio.gather(first, *waiting) == [200, 200, 200]
+        assert finished == [0, 1, 2]
+    finally:
+        await client.http.aclose()
+        await runtime.stop()

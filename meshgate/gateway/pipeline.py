@@ -10,15 +10,19 @@ cache as steps at the orders reserved below, without touching the routes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from meshgate.errors import InvalidRequest, MeshError, ModelNotFound
 from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest
 from meshgate.providers.base import CallContext, ChatModel, EmbeddingInput, EmbeddingModel, Embeddings, Model
+
+M = TypeVar("M", bound=Model)
 
 #: Orders reserved for the steps of the design; a plugin picks a number between them.
 ORDER_AUTHENTICATE = 100
@@ -90,7 +94,7 @@ class Pipeline:
         self._before = [s for s in self.steps if type(s).before is not Step.before]
         self._after = [s for s in reversed(self.steps) if type(s).after is not Step.after]
 
-    def _resolve(self, call: Call, kind: type[Model]) -> Model:
+    def _resolve(self, call: Call, kind: type[M]) -> M:
         model = self.models.get(call.model_name)
         if model is None:
             raise ModelNotFound(call.model_name)
@@ -104,80 +108,63 @@ class Pipeline:
             )
         return model
 
-    async def _enter(self, call: Call, kind: type[Model]) -> Model:
-        call.model = self._resolve(call, kind)
-        for step in self._before:
-            await step.before(call)
-        return call.model
-
-    async def _leave(self, call: Call, error: BaseException | None) -> None:
-        call.finished_at = time.monotonic()
-        if isinstance(error, MeshError):
-            call.error, call.status = error, error.status
-        elif error is not None:
-            call.status = 499 if _is_cancellation(error) else 500
-        for step in self._after:
-            await step.after(call)
+    @contextlib.asynccontextmanager
+    async def _calling(self, call: Call, kind: type[M]) -> AsyncIterator[M]:
+        """Resolve the model and run the steps' `before`; whatever happens inside, run their `after`."""
+        error: BaseException | None = None
+        try:
+            model = self._resolve(call, kind)
+            call.model = model
+            for step in self._before:
+                await step.before(call)
+            yield model
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            call.finished_at = time.monotonic()
+            if isinstance(error, MeshError):
+                call.error, call.status = error, error.status
+            elif error is not None:
+                call.status = 499 if isinstance(error, asyncio.CancelledError | GeneratorExit) else 500
+            for step in self._after:
+                await step.after(call)
 
     async def complete(self, call: Call) -> dict[str, Any]:
         assert isinstance(call.request, ChatCompletionRequest)
-        error: BaseException | None = None
-        try:
-            model = await self._enter(call, ChatModel)
-            assert isinstance(model, ChatModel)
+        async with self._calling(call, ChatModel) as model:
             result = await model.complete(call.request, call.context())
             call.first_token_at = time.monotonic()
             usage = result.get("usage") or {}
             call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             call.completion_tokens = int(usage.get("completion_tokens") or 0)
             return result
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            await self._leave(call, error)
 
-    async def stream(self, call: Call) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, call: Call) -> AsyncGenerator[dict[str, Any], None]:
         """Yield chunks; the last one holds usage. Closing early counts as a hang-up (status 499)."""
         assert isinstance(call.request, ChatCompletionRequest)
         call.stream = True
-        error: BaseException | None = None
-        chunks: AsyncIterator[dict[str, Any]] | None = None
-        try:
-            model = await self._enter(call, ChatModel)
-            assert isinstance(model, ChatModel)
+        async with self._calling(call, ChatModel) as model:
             chunks = model.stream(call.request, call.context())
-            async for chunk in chunks:
-                if call.first_token_at is None and _has_output(chunk):
-                    call.first_token_at = time.monotonic()
-                usage = chunk.get("usage")
-                if usage:
-                    call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                    call.completion_tokens = int(usage.get("completion_tokens") or 0)
-                yield chunk
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            if chunks is not None:
+            try:
+                async for chunk in chunks:
+                    if call.first_token_at is None and _has_output(chunk):
+                        call.first_token_at = time.monotonic()
+                    usage = chunk.get("usage")
+                    if usage:
+                        call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                        call.completion_tokens = int(usage.get("completion_tokens") or 0)
+                    yield chunk
+            finally:
                 await chunks.aclose()  # type: ignore[attr-defined]
-            await self._leave(call, error)
 
     async def embed(self, call: Call, texts: EmbeddingInput) -> Embeddings:
         assert isinstance(call.request, EmbeddingRequest)
-        error: BaseException | None = None
-        try:
-            model = await self._enter(call, EmbeddingModel)
-            assert isinstance(model, EmbeddingModel)
+        async with self._calling(call, EmbeddingModel) as model:
             result = await model.embed(texts, call.context(), call.request.dimensions)
             call.first_token_at = time.monotonic()
             call.prompt_tokens = result.prompt_tokens
             return result
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            await self._leave(call, error)
 
 
 def _has_output(chunk: dict[str, Any]) -> bool:
@@ -186,9 +173,3 @@ def _has_output(chunk: dict[str, Any]) -> bool:
         if delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
             return True
     return False
-
-
-def _is_cancellation(error: BaseException) -> bool:
-    import asyncio
-
-    return isinstance(error, asyncio.CancelledError | GeneratorExit)

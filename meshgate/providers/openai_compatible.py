@@ -241,7 +241,9 @@ class _Upstream:
         )
 
 
-class OpenAICompatibleChat(ChatModel):
+class _UpstreamModel(Model):
+    """What the chat and embedding adapters share: the profile, the pool and its lifecycle."""
+
     provider = "openai-compatible"
     config: OpenAICompatibleConfig
 
@@ -258,6 +260,8 @@ class OpenAICompatibleChat(ChatModel):
     def describe(self) -> dict[str, Any]:
         return {"upstream_model": self.config.model}
 
+
+class OpenAICompatibleChat(_UpstreamModel, ChatModel):
     def _payload(self, request: ChatCompletionRequest, stream: bool) -> dict[str, Any]:
         payload = to_wire(request)
         payload["model"] = self.config.model
@@ -285,20 +289,7 @@ class OpenAICompatibleChat(ChatModel):
             await events.aclose()
 
 
-class OpenAICompatibleEmbedding(EmbeddingModel):
-    provider = "openai-compatible"
-    config: OpenAICompatibleConfig
-
-    def __init__(self, config: OpenAICompatibleConfig, context: ProviderContext) -> None:
-        super().__init__(config, _profile(config))
-        self.upstream = _Upstream(config, context)
-
-    async def start(self) -> None:
-        await self.upstream.start()
-
-    async def close(self) -> None:
-        await self.upstream.close()
-
+class OpenAICompatibleEmbedding(_UpstreamModel, EmbeddingModel):
     async def embed(self, texts: EmbeddingInput, call: CallContext, dimensions: int | None = None) -> Embeddings:
         payload: dict[str, Any] = {"model": self.config.model, "input": texts, "encoding_format": "float"}
         if dimensions is not None:

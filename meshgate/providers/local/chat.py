@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import logging
 import random
 import threading
 import time
@@ -47,6 +48,26 @@ from meshgate.providers.base import (
     usage_dict,
 )
 from meshgate.providers.local.prompt import PROMPT_FORMATS, render_prompt
+
+log = logging.getLogger("meshgate.llama")
+_native_log_callback: Any = None
+
+
+def _route_native_logs() -> None:
+    """Send llama.cpp's own log lines to Python logging (debug) instead of the terminal."""
+    global _native_log_callback
+    if _native_log_callback is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        log.debug("%s", text.decode("utf-8", "replace").rstrip())
+
+    _native_log_callback = forward  # keep a reference: the C library holds only a pointer
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
 
 
 class LocalLlamaConfig(ModelConfig):
@@ -138,6 +159,7 @@ class LocalLlamaModel(ChatModel):
     def _load_context(self, path: Path) -> Any:
         from llama_cpp import Llama
 
+        _route_native_logs()
         kwargs: dict[str, Any] = {"n_ctx": self.config.context_window, "verbose": False}
         if self.config.threads:
             kwargs["n_threads"] = self.config.threads
