@@ -13,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from meshgate.api import health, openai, openapi
+from meshgate.api import admin, health, openai, openapi
 from meshgate.api.responses import error_response, unexpected_error
+from meshgate.control.middleware import AuthMiddleware
 from meshgate.errors import MeshError, MethodNotAllowed, RouteNotFound
 from meshgate.gateway.runtime import Runtime
 from meshgate.observe.counters import Counters
@@ -97,12 +98,14 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
                 await runtime.stop()
 
     app = Starlette(
-        routes=[*openai.ROUTES, *health.ROUTES, *openapi.ROUTES],
+        routes=[*openai.ROUTES, *admin.ROUTES, *health.ROUTES, *openapi.ROUTES],
         exception_handlers={MeshError: on_mesh_error, HTTPException: on_http_error},
         lifespan=lifespan,
     )
     app.state.runtime = runtime
     app.state.counters = counters
     app.state.openapi = openapi.build_openapi()
+    # Added last = runs first: request id and error guard outermost, then authentication.
+    app.add_middleware(AuthMiddleware, policy=lambda: runtime.policy, counters=counters)
     app.add_middleware(RequestIdMiddleware, counters=counters)
     return app

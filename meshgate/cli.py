@@ -116,6 +116,13 @@ def config_check(config_path: str | None, fmt: str, **cli_values: Any) -> None:
     click.echo(f"# ok: {len(config.models)} models", err=True)
 
 
+def _register_control() -> None:
+    from meshgate.control import cli as control_cli
+
+    control_cli.register(cli, _load)
+
+
+_register_control()
 _plugins.hook.register_commands(cli=cli)
 
 

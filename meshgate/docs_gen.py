@@ -10,7 +10,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 
 from meshgate.plugins import make_plugin_manager, provider_types
-from meshgate.settings import SETTINGS
+from meshgate.settings import SETTINGS, Setting
 
 HEADER = """# Configuration
 
@@ -41,6 +41,10 @@ def _default(info: FieldInfo) -> str:
     if info.default_factory is not None:
         return "`" + repr(info.default_factory()).replace("|", "\\|") + "`"  # type: ignore[call-arg]
     return "`" + repr(info.default).replace("|", "\\|") + "`"
+
+
+def flag(setting: Setting) -> str:
+    return f"{setting.flag}/--no-{setting.flag[2:]}" if setting.type is bool else setting.flag
 
 
 def render() -> str:

@@ -44,11 +44,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_body_bytes", int, 8 * 1024 * 1024, "Largest accepted request body, in bytes (413 above)."),
     Setting("request_timeout", float, 600.0, "Seconds a whole call to a model may take before 504."),
     Setting("shutdown_timeout", float, 30.0, "Seconds to let in-flight requests finish on SIGINT/SIGTERM."),
+    Setting("auth", bool, True, "Require API keys; `--no-auth` is allowed only on a loopback host."),
+    Setting("redis_url", str, "", "Redis for rate limits shared by several replicas (`redis://host:6379/0`)."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
     Setting("access_log", bool, False, "Log one line per HTTP request."),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def _coerce(setting: Setting, value: Any, source: str) -> Any:
@@ -74,6 +78,8 @@ class ServerSettings:
     max_body_bytes: int
     request_timeout: float
     shutdown_timeout: float
+    auth: bool
+    redis_url: str
     log_level: str
     access_log: bool
 
@@ -107,5 +113,9 @@ def resolve_settings(
         raise ConfigError("max_body_bytes: must be at least 1024")
     if values["log_level"] not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: {values['log_level']!r} is not one of debug, info, warning, error")
+    if not values["auth"] and values["host"] not in LOOPBACK:
+        raise ConfigError(
+            f"auth: --no-auth is allowed only on a loopback host (127.0.0.1, ::1, localhost), not {values['host']}"
+        )
     values["data_dir"] = Path(values["data_dir"]).expanduser()
     return ServerSettings(**values)

@@ -88,14 +88,27 @@ def make_runtime(tmp_path: Path, yaml_text: str, **settings: Any) -> Runtime:
 
 
 class AppClient:
-    """An in-process client and the runtime behind it."""
+    """An in-process client and the runtime behind it, authenticated with `key` when given."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, key: str | None = None) -> None:
         self.runtime = runtime
+        self.key = key
         self.app = build_app(runtime, manage_runtime=False)
+        headers = {"authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app), base_url="http://meshgate.test", timeout=60
+            transport=httpx.ASGITransport(app=self.app), base_url="http://meshgate.test", timeout=60, headers=headers
         )
+
+    @classmethod
+    async def started(cls, runtime: Runtime, role: str = "admin") -> AppClient:
+        """Start the runtime and, with auth on, make a key to call it with."""
+        await runtime.start()
+        key = None
+        if runtime.control is not None and runtime.settings.auth:
+            key = (await runtime.control.create_key("tests", role=role)).key
+            assert runtime.keys is not None
+            await runtime.keys.reload()
+        return cls(runtime, key)
 
 
 @pytest.fixture(scope="session")
@@ -106,8 +119,7 @@ async def proxy_client(tmp_path_factory: pytest.TempPathFactory, fake_upstream: 
         upstream_models_yaml(fake_upstream.base_url),
         max_body_bytes=64 * 1024,
     )
-    await runtime.start()
-    client = AppClient(runtime)
+    client = await AppClient.started(runtime)
     yield client
     await client.http.aclose()
     await runtime.stop()
@@ -140,8 +152,7 @@ async def local_client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     """meshgate on the embedded defaults: the real local chat and embedding models."""
     tmp = tmp_path_factory.mktemp("local")
     runtime = make_runtime(tmp, "server: {}\n")
-    await runtime.start()
-    client = AppClient(runtime)
+    client = await AppClient.started(runtime)
     yield client
     await client.http.aclose()
     await runtime.stop()

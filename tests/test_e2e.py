@@ -15,16 +15,33 @@ import httpx
 import openai
 import pytest
 
+from meshgate.control.ratelimit import current_window
 from meshgate.testing.fake_openai import FakeOpenAI
 from tests.conftest import UPSTREAM_KEY, free_port
 
 pytestmark = pytest.mark.slow
 
 
+def create_key(env: dict[str, str], *args: str, team: str = "e2e", role: str = "admin") -> str:
+    """`meshgate keys create`, as an operator bootstraps an installation."""
+    result = subprocess.run(
+        [sys.executable, "-m", "meshgate", "keys", "create", "--team", team, "--role", role, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    key = result.stdout.strip()
+    assert key.startswith("mg-") and "not shown again" in result.stderr
+    return key
+
+
 class ServerProcess:
     def __init__(self, args: list[str], env: dict[str, str], port: int) -> None:
         self.port = port
         self.output: list[str] = []
+        self.key = ""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "meshgate", "serve", "--port", str(port), *args],
             stdout=subprocess.PIPE,
@@ -67,6 +84,10 @@ class ServerProcess:
         return self.proc.wait()
 
 
+def auth(server: ServerProcess) -> dict[str, str]:
+    return {"authorization": f"Bearer {server.key}"}
+
+
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(required_key=UPSTREAM_KEY) as upstream:
@@ -99,7 +120,9 @@ models:
 """
     )
     env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY, "MESHGATE_DATA_DIR": str(tmp / "data")}
+    key = create_key(env)
     proc = ServerProcess(["--config", str(config)], env, free_port())
+    proc.key = key
     proc.wait_ready()
     yield proc
     proc.stop()
@@ -107,7 +130,7 @@ models:
 
 @pytest.fixture()
 def client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused-until-issue-3", max_retries=0)
+    return openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0)
 
 
 def test_banner_names_url_and_models(server: ServerProcess) -> None:
@@ -184,7 +207,7 @@ def test_hang_up_mid_stream_does_not_hold_up_the_next_request(server: ServerProc
         "logit_bias": {"1": -100, "106": -100, "105": -100},
     }
     with (
-        httpx.Client(timeout=30) as http,
+        httpx.Client(timeout=30, headers=auth(server)) as http,
         http.stream("POST", server.base_url + "/chat/completions", json=body) as r,
     ):
         received = 0
@@ -194,7 +217,7 @@ def test_hang_up_mid_stream_does_not_hold_up_the_next_request(server: ServerProc
             if received >= 5:
                 break  # hang up with ~3000 tokens (about a minute of work) still to go
     started = time.monotonic()
-    with httpx.Client(timeout=60) as http:
+    with httpx.Client(timeout=60, headers=auth(server)) as http:
         response = http.post(
             server.base_url + "/chat/completions",
             json={"model": "local-chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
@@ -211,8 +234,10 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path, fake: FakeOpenAI) -
         "    api_key: ${BENCH_UPSTREAM_KEY}\n"
     )
     env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
-    proc = ServerProcess(["--config", str(config), "--data-dir", str(tmp_path / "d")], env, free_port())
+    # --no-auth on loopback: the local-use switch (with a warning) works for a whole server.
+    proc = ServerProcess(["--config", str(config), "--data-dir", str(tmp_path / "d"), "--no-auth"], env, free_port())
     proc.wait_ready(60)
+    assert "authentication is OFF" in "".join(proc.output)
     result: dict[str, int] = {}
 
     def call() -> None:
@@ -247,7 +272,8 @@ def test_bad_config_fails_with_file_and_field(tmp_path: Path) -> None:
 
 
 def test_no_config_serves_the_embedded_defaults(tmp_path: Path) -> None:
-    """The README's first command: no mesh.yaml at all, run from an empty directory."""
+    """The README: `meshgate serve` with no mesh.yaml in an empty directory, then a key made with the
+    CLI while it runs works within 2 seconds, and a revoked one stops within 2 seconds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_")}
     port = free_port()
     proc = subprocess.Popen(
@@ -261,9 +287,73 @@ def test_no_config_serves_the_embedded_defaults(tmp_path: Path) -> None:
         server = ServerProcess.__new__(ServerProcess)
         server.port, server.proc, server.output = port, proc, []
         server.wait_ready()
-        ids = {m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]}
+        models_url = f"http://127.0.0.1:{port}/v1/models"
+        assert httpx.get(models_url).status_code == 401
+        result = subprocess.run(
+            [sys.executable, "-m", "meshgate", "keys", "create", "--team", "me", "--name", "mine"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        headers = {"authorization": f"Bearer {result.stdout.strip()}"}
+        created = time.monotonic()
+        while httpx.get(models_url, headers=headers).status_code == 401:
+            assert time.monotonic() - created < 2, "a new key was not live within 2 s"
+            time.sleep(0.05)
+        ids = {m["id"] for m in httpx.get(models_url, headers=headers).json()["data"]}
         assert ids == {"local-chat", "local-embed"}
         assert (tmp_path / ".meshgate" / "meshgate.db").is_file()
+        subprocess.run(
+            [sys.executable, "-m", "meshgate", "keys", "revoke", "mine"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        revoked = time.monotonic()
+        while httpx.get(models_url, headers=headers).status_code == 200:
+            assert time.monotonic() - revoked < 2, "a revoked key still worked after 2 s"
+            time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+
+
+def test_two_servers_sharing_redis_admit_exactly_the_keys_rpm(tmp_path: Path, fake: FakeOpenAI) -> None:
+    config = tmp_path / "mesh.yaml"
+    config.write_text(
+        f"models:\n  - name: bench\n    provider: openai-compatible\n    model: echo\n    base_url: {fake.base_url}\n"
+        "    api_key: ${BENCH_UPSTREAM_KEY}\n"
+    )
+    env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY, "MESHGATE_DATA_DIR": str(tmp_path / "data")}
+    key = create_key(env, "--rpm", "9", role="app")
+    args = ["--config", str(config), "--redis-url", "redis://127.0.0.1:6379/0"]
+    servers = [ServerProcess(args, env, free_port()), ServerProcess(args, env, free_port())]
+    try:
+        for server in servers:
+            server.wait_ready(60)
+        _, left = current_window()
+        if left < 8:
+            time.sleep(left + 0.1)
+        body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
+        statuses: list[int] = []
+
+        def hammer(server: ServerProcess) -> None:
+            with httpx.Client(timeout=30, headers={"authorization": f"Bearer {key}"}) as http:
+                for _ in range(10):
+                    statuses.append(http.post(server.base_url + "/chat/completions", json=body).status_code)
+
+        threads = [threading.Thread(target=hammer, args=(s,)) for s in servers for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(statuses) == 40
+        assert statuses.count(200) == 9 and statuses.count(429) == 31
+    finally:
+        for server in servers:
+            server.stop()

@@ -142,8 +142,7 @@ async def test_requests_queue_in_order_and_overflow_is_503(tmp_path) -> None:
         tmp_path,
         "models:\n  - {name: tiny, provider: local-llama, concurrency: 1, max_queue: 2, context_window: 512}\n",
     )
-    await runtime.start()
-    client = AppClient(runtime)
+    client = await AppClient.started(runtime)
     try:
         finished: list[int] = []
         body = {"model": "tiny", "messages": ASK, "max_tokens": 24, "logit_bias": {"1": -100, "106": -100, "105": -100}}

@@ -21,7 +21,7 @@ from tests.conftest import free_port, make_runtime, upstream_models_yaml
 def served_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app (upstream models only, so fuzzing is fast) served by uvicorn in a thread."""
     with FakeOpenAI(required_key="sk-upstream-test-key") as fake:
-        runtime = make_runtime(Path(tmp_path_factory.mktemp("fuzz")), upstream_models_yaml(fake.base_url))
+        runtime = make_runtime(Path(tmp_path_factory.mktemp("fuzz")), upstream_models_yaml(fake.base_url), auth=False)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(build_app(runtime), host="127.0.0.1", port=port, log_level="error"))
         thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)

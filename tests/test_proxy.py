@@ -64,11 +64,12 @@ async def test_stream_usage_chunk_when_asked(proxy_client: AppClient) -> None:
     assert all(c["usage"] is None for c in chunks[:-1])
 
 
-async def test_stream_is_not_buffered(proxy_url: str) -> None:
+async def test_stream_is_not_buffered(proxy_url: str, proxy_client: AppClient) -> None:
     """10 chunks paced 20 ms apart arrive spread out, not all at the end."""
     arrivals = []
     body = {"model": "paced", "messages": HELLO, "stream": True}
-    async with httpx.AsyncClient() as http, http.stream("POST", proxy_url + CHAT, json=body) as r:
+    headers = {"authorization": f"Bearer {proxy_client.key}"}
+    async with httpx.AsyncClient(headers=headers) as http, http.stream("POST", proxy_url + CHAT, json=body) as r:
         async for line in r.aiter_lines():
             if line.startswith("data: {"):
                 arrivals.append(time.monotonic())

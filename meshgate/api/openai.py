@@ -40,7 +40,13 @@ def _runtime(request: Request) -> Runtime:
 
 
 def _new_call(request: Request, endpoint: str, body: ChatCompletionRequest | EmbeddingRequest) -> Call:
-    return Call(endpoint=endpoint, request=body, headers=request.headers, request_id=request.state.request_id)
+    return Call(
+        endpoint=endpoint,
+        request=body,
+        headers=request.headers,
+        request_id=request.state.request_id,
+        principal=getattr(request.state, "principal", None),
+    )
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -54,6 +54,8 @@ class Call:
     error: MeshError | None = None
     #: Extra response headers steps want to send (rate-limit headers, for example).
     response_headers: dict[str, str] = field(default_factory=dict)
+    #: Who is calling (a meshgate.control.policy.Principal), set by the auth middleware.
+    principal: Any = None
     #: Free space for steps to hand facts to each other (policy decisions, reservations...).
     notes: dict[str, Any] = field(default_factory=dict)
 

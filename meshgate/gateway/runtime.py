@@ -13,10 +13,14 @@ from typing import Any
 import pluggy
 
 from meshgate.config import MeshConfig
+from meshgate.control.policy import KeyStore, Policy
+from meshgate.control.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
+from meshgate.control.service import ControlService
 from meshgate.gateway.pipeline import Pipeline, Step
 from meshgate.providers.base import Model, ProviderContext, ProviderType
 from meshgate.settings import ServerSettings
 from meshgate.store import Database, RequestLogWriter, connect, migrate
+from meshgate.store.database import redact
 
 log = logging.getLogger("meshgate")
 
@@ -39,6 +43,10 @@ class Runtime:
         }
         self.db: Database | None = None
         self.request_log: RequestLogWriter | None = None
+        self.control: ControlService | None = None
+        self.keys: KeyStore | None = None
+        self.policy = Policy(None)
+        self.limiter: RateLimiter = MemoryLimiter()
         self.pipeline = Pipeline(self.models, [])
         self._started: list[Model] = []
 
@@ -50,6 +58,21 @@ class Runtime:
             log.info("database migrated: %s", ", ".join(applied))
         self.request_log = RequestLogWriter(self.db)
         await self.request_log.start()
+        self.control = ControlService(self.db)
+        if self.settings.auth:
+            self.keys = KeyStore(self.control)
+            await self.keys.start()
+        else:
+            log.warning(
+                "authentication is OFF (--no-auth): anyone who can reach %s may call every model", self.settings.host
+            )
+        self.policy = Policy(self.keys)
+        if self.settings.redis_url:
+            redis_limiter = RedisLimiter(self.settings.redis_url)
+            if not await redis_limiter.ping():
+                await redis_limiter.close()
+                raise RuntimeError(f"redis_url: cannot reach Redis at {redact(self.settings.redis_url)}")
+            self.limiter = redis_limiter
 
         steps: list[Step] = []
         self.plugins.hook.register_pipeline_steps(register=steps.append, runtime=self)
@@ -80,6 +103,9 @@ class Runtime:
             except Exception:
                 log.exception("model %s did not close cleanly", model.name)
         self._started.clear()
+        if self.keys is not None:
+            await self.keys.stop()
+        await self.limiter.close()
         if self.request_log is not None:
             await self.request_log.stop()
         if self.db is not None:
@@ -88,4 +114,6 @@ class Runtime:
     async def readiness(self) -> dict[str, Any]:
         checks: dict[str, Any] = {f"model:{name}": model.ready() for name, model in self.models.items()}
         checks["database"] = self.db is not None and await self.db.ping()
+        if isinstance(self.limiter, RedisLimiter):
+            checks["redis"] = await self.limiter.ping()
         return checks

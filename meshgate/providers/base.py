@@ -67,6 +67,8 @@ class ModelConfig(BaseModel):
     provider: str = Field(description="The provider type that serves it.")
     description: str = ""
     price: Price = Price()
+    rpm: int | None = Field(None, ge=1, description="Requests per minute to this model, across all callers.")
+    tpm: int | None = Field(None, ge=1, description="Tokens per minute to this model, across all callers.")
 
 
 @dataclass

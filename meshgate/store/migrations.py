@@ -42,6 +42,41 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX request_log_ts ON request_log (ts)",
         ),
     ),
+    Migration(
+        "0002_teams_and_keys",
+        (
+            """CREATE TABLE teams (
+                name TEXT PRIMARY KEY,
+                rpm INTEGER,
+                tpm INTEGER,
+                budget_usd DOUBLE PRECISION,
+                budget_period TEXT,
+                models TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                team TEXT NOT NULL REFERENCES teams (name),
+                role TEXT NOT NULL,
+                key_hash TEXT NOT NULL UNIQUE,
+                hint TEXT NOT NULL,
+                models TEXT NOT NULL,
+                rpm INTEGER,
+                tpm INTEGER,
+                budget_usd DOUBLE PRECISION,
+                budget_period TEXT,
+                expires_at DOUBLE PRECISION,
+                revoked_at DOUBLE PRECISION,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            # A counter bumped by every change to keys and teams: servers poll this one row to
+            # learn that they must reload, instead of reading keys per request.
+            "CREATE TABLE meshgate_state (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+            "INSERT INTO meshgate_state (name, value) VALUES ('control_version', 0)",
+        ),
+    ),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS meshgate_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"

@@ -1,0 +1,156 @@
+"""The admin API under /admin/: teams and keys. The grants it needs are enforced by the auth
+middleware (`admin:<resource>:read|write`); this module only parses and calls the service."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from msgspec import Meta, Struct
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from meshgate.api.bodies import decode_request
+from meshgate.api.responses import JSONBytesResponse
+from meshgate.control.records import Limits, TeamRecord
+from meshgate.control.service import ControlService
+
+if TYPE_CHECKING:
+    from meshgate.gateway.runtime import Runtime
+
+Count = Annotated[int, Meta(ge=1)]
+Money = Annotated[float, Meta(ge=0)]
+
+
+class TeamCreate(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    rpm: Count | None = None
+    tpm: Count | None = None
+    budget_usd: Money | None = None
+    budget_period: str | None = None
+    models: list[str] = []
+
+
+class TeamUpdate(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    rpm: Count | None = None
+    tpm: Count | None = None
+    budget_usd: Money | None = None
+    budget_period: str | None = None
+    models: list[str] | None = None
+
+
+class KeyCreate(Struct, forbid_unknown_fields=True):
+    team: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    role: str = "developer"
+    models: list[str] = []
+    rpm: Count | None = None
+    tpm: Count | None = None
+    budget_usd: Money | None = None
+    budget_period: str | None = None
+    expires_at: float | None = None
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _service(request: Request) -> ControlService:
+    service = _runtime(request).control
+    assert service is not None
+    return service
+
+
+async def _changed(request: Request) -> None:
+    """This server sees its own change at once; other replicas within a second."""
+    keys = _runtime(request).keys
+    if keys is not None:
+        await keys.reload()
+
+
+def _team(team: TeamRecord) -> dict[str, Any]:
+    limits = team.limits
+    return {
+        "name": team.name,
+        "rpm": limits.rpm,
+        "tpm": limits.tpm,
+        "budget_usd": limits.budget_usd,
+        "budget_period": limits.budget_period,
+        "models": list(team.models) or ["*"],
+        "created_at": team.created_at,
+    }
+
+
+def _limit(request: Request) -> int:
+    return _runtime(request).settings.max_body_bytes
+
+
+async def list_teams(request: Request) -> Response:
+    return JSONBytesResponse({"object": "list", "data": [_team(t) for t in await _service(request).list_teams()]})
+
+
+async def create_team(request: Request) -> Response:
+    body = await decode_request(request, TeamCreate, _limit(request))
+    team = await _service(request).create_team(
+        body.name, Limits(body.rpm, body.tpm, body.budget_usd, body.budget_period), tuple(body.models)
+    )
+    await _changed(request)
+    return JSONBytesResponse(_team(team), status_code=201)
+
+
+async def update_team(request: Request) -> Response:
+    """PATCH: the fields given (not null) change; the others stay as they are."""
+    body = await decode_request(request, TeamUpdate, _limit(request))
+    changes = {f: getattr(body, f) for f in body.__struct_fields__ if getattr(body, f) is not None}
+    team = await _service(request).update_team(request.path_params["name"], changes)
+    await _changed(request)
+    return JSONBytesResponse(_team(team))
+
+
+async def list_keys(request: Request) -> Response:
+    include = request.query_params.get("include_revoked") in ("1", "true")
+    keys = await _service(request).list_keys(include_revoked=include)
+    return JSONBytesResponse({"object": "list", "data": [k.public() for k in keys]})
+
+
+async def get_key(request: Request) -> Response:
+    return JSONBytesResponse((await _service(request).get_key(request.path_params["key"])).public())
+
+
+async def create_key(request: Request) -> Response:
+    body = await decode_request(request, KeyCreate, _limit(request))
+    created = await _service(request).create_key(
+        body.team,
+        name=body.name,
+        role=body.role,
+        models=tuple(body.models),
+        limits=Limits(body.rpm, body.tpm, body.budget_usd, body.budget_period),
+        expires_at=body.expires_at,
+    )
+    await _changed(request)
+    return JSONBytesResponse({"key": created.key, **created.record.public()}, status_code=201)
+
+
+async def revoke_key(request: Request) -> Response:
+    record = await _service(request).revoke_key(request.path_params["key"])
+    await _changed(request)
+    return JSONBytesResponse(record.public())
+
+
+async def rotate_key(request: Request) -> Response:
+    created = await _service(request).rotate_key(request.path_params["key"])
+    await _changed(request)
+    return JSONBytesResponse({"key": created.key, **created.record.public()})
+
+
+ROUTES = [
+    Route("/admin/teams", list_teams, methods=["GET"]),
+    Route("/admin/teams", create_team, methods=["POST"]),
+    Route("/admin/teams/{name}", update_team, methods=["PATCH"]),
+    Route("/admin/keys", list_keys, methods=["GET"]),
+    Route("/admin/keys", create_key, methods=["POST"]),
+    Route("/admin/keys/{key}", get_key, methods=["GET"]),
+    Route("/admin/keys/{key}/revoke", revoke_key, methods=["POST"]),
+    Route("/admin/keys/{key}/rotate", rotate_key, methods=["POST"]),
+]

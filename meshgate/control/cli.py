@@ -1,0 +1,281 @@
+"""`meshgate keys ...` and `meshgate teams ...`: the CLI works on the server's own database (the
+same --data-dir / --database-url) and acts as admin. Running servers pick changes up within ~1 s."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+
+from meshgate.control.records import PERIODS, KeyRecord, Limits, TeamRecord
+from meshgate.control.service import ControlService
+from meshgate.errors import ConfigError, MeshError
+from meshgate.settings import SETTINGS_BY_NAME, ServerSettings
+
+T = TypeVar("T")
+
+
+def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for name in ("database_url", "data_dir"):
+        setting = SETTINGS_BY_NAME[name]
+        func = click.option(
+            setting.flag, name, default=None, help=f"{setting.help} [env {setting.env}; default {setting.default!r}]"
+        )(func)
+    return click.option(
+        "--config",
+        "-c",
+        "config_path",
+        default=None,
+        envvar="MESHGATE_CONFIG",
+        help="mesh.yaml whose `server:` settings to use [env MESHGATE_CONFIG].",
+    )(func)
+
+
+def limit_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--budget-period", type=click.Choice(PERIODS), default=None, help="Budget period.")(func)
+    func = click.option(
+        "--budget", "budget_usd", type=click.FloatRange(min=0), default=None, help="Budget in USD per period."
+    )(func)
+    func = click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute.")(func)
+    func = click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute.")(func)
+    return click.option(
+        "--models", default=None, help="Comma-separated model names or patterns it may use, or * for all."
+    )(func)
+
+
+def _models(text: str | None) -> tuple[str, ...]:
+    return tuple(m.strip() for m in text.split(",")) if text else ()
+
+
+def run_with_service(
+    load: Callable[[str | None, dict[str, Any]], tuple[Any, ServerSettings]],
+    config_path: str | None,
+    cli_values: dict[str, Any],
+    work: Callable[[ControlService], Awaitable[T]],
+) -> T:
+    from meshgate.store import connect, migrate
+
+    try:
+        _, settings = load(config_path, cli_values)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+
+    async def main() -> T:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = await connect(settings.resolved_database_url)
+        try:
+            await migrate(db)
+            return await work(ControlService(db))
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(main())
+    except (MeshError, ConfigError) as error:
+        raise click.ClickException(getattr(error, "message", str(error))) from None
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, list):
+            return ",".join(map(str, value))
+        if isinstance(value, float) and value > 1e9:
+            return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M")
+        return str(value)
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _parse_expiry(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO date (2027-01-31 or 2027-01-31T18:00:00+01:00)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _team_row(team: TeamRecord) -> dict[str, Any]:
+    l = team.limits  # noqa: E741
+    return {
+        "name": team.name,
+        "models": list(team.models) or ["*"],
+        "rpm": l.rpm,
+        "tpm": l.tpm,
+        "budget_usd": l.budget_usd,
+        "budget_period": l.budget_period,
+        "created_at": team.created_at,
+    }
+
+
+def _print_created(key: str, record: KeyRecord) -> None:
+    click.echo(key)
+    click.echo(
+        f"# key {record.id} ({record.name}, team {record.team}, role {record.role}): "
+        "store it now, it is not shown again",
+        err=True,
+    )
+
+
+def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tuple[Any, ServerSettings]]) -> None:
+    @cli.group()
+    def keys() -> None:
+        """Create, list, revoke and rotate API keys."""
+
+    @keys.command("create")
+    @store_options
+    @limit_options
+    @click.option("--team", required=True, help="The key's team (created if it does not exist).")
+    @click.option("--name", default=None, help="A unique name (default: TEAM-xxxx).")
+    @click.option("--role", type=click.Choice(["admin", "developer", "app"]), default="developer", show_default=True)
+    @click.option("--expires", default=None, help="ISO date or time after which the key stops working.")
+    def keys_create(
+        config_path: str | None,
+        team: str,
+        name: str | None,
+        role: str,
+        models: str | None,
+        rpm: int | None,
+        tpm: int | None,
+        budget_usd: float | None,
+        budget_period: str | None,
+        expires: str | None,
+        **store: Any,
+    ) -> None:
+        """Create a key; prints it once on stdout."""
+        expiry = _parse_expiry(expires)
+        created = run_with_service(
+            load,
+            config_path,
+            store,
+            lambda s: s.create_key(
+                team,
+                name=name,
+                role=role,
+                models=_models(models),
+                limits=Limits(rpm, tpm, budget_usd, budget_period),
+                expires_at=expiry,
+            ),
+        )
+        _print_created(created.key, created.record)
+
+    @keys.command("list")
+    @store_options
+    @click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+    @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+    def keys_list(config_path: str | None, include_revoked: bool, fmt: str, **store: Any) -> None:
+        """List keys (never the keys themselves)."""
+        records = run_with_service(load, config_path, store, lambda s: s.list_keys(include_revoked))
+        rows = [r.public() for r in records]
+        if fmt == "json":
+            click.echo(json.dumps(rows, indent=2))
+        else:
+            click.echo(
+                _table(
+                    rows,
+                    [
+                        "id",
+                        "name",
+                        "team",
+                        "role",
+                        "models",
+                        "rpm",
+                        "tpm",
+                        "budget_usd",
+                        "budget_period",
+                        "expires_at",
+                        "revoked_at",
+                        "hint",
+                    ],
+                )
+            )
+
+    @keys.command("revoke")
+    @store_options
+    @click.argument("key")
+    def keys_revoke(config_path: str | None, key: str, **store: Any) -> None:
+        """Revoke a key by id or name; it stops working within ~1 s on every server."""
+        record = run_with_service(load, config_path, store, lambda s: s.revoke_key(key))
+        click.echo(f"revoked {record.id} ({record.name})")
+
+    @keys.command("rotate")
+    @store_options
+    @click.argument("key")
+    def keys_rotate(config_path: str | None, key: str, **store: Any) -> None:
+        """Give a key a new secret (same id, name and limits); prints it once. The old one stops working."""
+        created = run_with_service(load, config_path, store, lambda s: s.rotate_key(key))
+        _print_created(created.key, created.record)
+
+    @cli.group()
+    def teams() -> None:
+        """Create, update and list teams, with their limits and budgets."""
+
+    @teams.command("create")
+    @store_options
+    @limit_options
+    @click.argument("name")
+    def teams_create(
+        config_path: str | None,
+        name: str,
+        models: str | None,
+        rpm: int | None,
+        tpm: int | None,
+        budget_usd: float | None,
+        budget_period: str | None,
+        **store: Any,
+    ) -> None:
+        """Create a team."""
+        team = run_with_service(
+            load,
+            config_path,
+            store,
+            lambda s: s.create_team(name, Limits(rpm, tpm, budget_usd, budget_period), _models(models)),
+        )
+        click.echo(f"created team {team.name}")
+
+    @teams.command("update")
+    @store_options
+    @limit_options
+    @click.argument("name")
+    def teams_update(
+        config_path: str | None,
+        name: str,
+        models: str | None,
+        rpm: int | None,
+        tpm: int | None,
+        budget_usd: float | None,
+        budget_period: str | None,
+        **store: Any,
+    ) -> None:
+        """Change a team's limits or models (only the options given)."""
+        given = {"rpm": rpm, "tpm": tpm, "budget_usd": budget_usd, "budget_period": budget_period}
+        changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        if models is not None:
+            changes["models"] = _models(models)
+        team = run_with_service(load, config_path, store, lambda s: s.update_team(name, changes))
+        click.echo(_table([_team_row(team)], list(_team_row(team))))
+
+    @teams.command("list")
+    @store_options
+    @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+    def teams_list(config_path: str | None, fmt: str, **store: Any) -> None:
+        """List teams."""
+        rows = [_team_row(t) for t in run_with_service(load, config_path, store, lambda s: s.list_teams())]
+        click.echo(json.dumps(rows, indent=2) if fmt == "json" else _table(rows, list(_team_row_keys())))
+
+
+def _team_row_keys() -> list[str]:
+    return ["name", "models", "rpm", "tpm", "budget_usd", "budget_period", "created_at"]

@@ -1,0 +1,59 @@
+"""Authentication for every protected route, and the grants that routes require, in one place.
+
+`/v1/*` needs a valid key; the model grant is checked by the pipeline (the model is in the body).
+`/admin/<resource>` needs `admin:<resource>:read` for GET and `admin:<resource>:write` otherwise.
+`/healthz`, `/readyz` and `/openapi.json` are public.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from meshgate.api.responses import error_response
+from meshgate.control.policy import Policy
+from meshgate.errors import MeshError
+from meshgate.observe.counters import Counters
+
+log = logging.getLogger("meshgate.control")
+
+PUBLIC = ("/healthz", "/readyz", "/openapi.json")
+
+
+def required_grant(method: str, path: str) -> tuple[str, str, str] | None:
+    if path.startswith("/admin/"):
+        resource = path.split("/")[2] or "*"
+        return ("admin", resource, "read" if method in ("GET", "HEAD") else "write")
+    if path == "/metrics":
+        return ("metrics", "*", "read")
+    return None
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, policy: Callable[[], Policy], counters: Counters) -> None:
+        # A callable: the runtime builds its policy only when it starts, after the app exists.
+        self.app = app
+        self.policy = policy
+        self.counters = counters
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        try:
+            policy = self.policy()
+            principal = policy.authenticate(Headers(scope=scope))
+            grant = required_grant(scope["method"], scope["path"])
+            if grant is not None:
+                policy.authorize(principal, *grant)
+        except MeshError as error:
+            self.counters.error(error.status, error.kind)
+            log.info("%s %s -> %d %s", scope["method"], scope["path"], error.status, error.kind)
+            await error_response(error, state.get("request_id", ""))(scope, receive, send)
+            return
+        state["principal"] = principal
+        await self.app(scope, receive, send)

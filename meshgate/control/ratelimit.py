@@ -1,0 +1,188 @@
+"""Rate limits: requests and tokens per minute, over several scopes at once (key, team, model).
+
+Windows are fixed calendar minutes, so a limit of N admits exactly N in any window, and every
+replica agrees on which window it is. A request is admitted only if every scope has room; then all
+scopes are charged together (all or nothing). Tokens are charged at the request's worst case up
+front and corrected with the real usage when the call ends.
+
+Two backends: `MemoryLimiter` (one process; each check runs without an await, so it is atomic on
+the event loop) and `RedisLimiter` (several replicas; one Lua script checks and charges atomically).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+WINDOW = 60  # seconds
+
+
+@dataclass(frozen=True)
+class Scope:
+    name: str  # e.g. "key:key_ab12", "team:platform", "model:bench"
+    rpm: int | None
+    tpm: int | None
+
+
+@dataclass(frozen=True)
+class ScopeState:
+    scope: Scope
+    requests: int  # after this request
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    admitted: bool
+    window: int
+    reset_seconds: float
+    states: tuple[ScopeState, ...]
+    #: When refused: the scope and which limit ("requests" or "tokens").
+    refused_scope: Scope | None = None
+    refused_limit: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers, from the tightest scope of each kind."""
+        headers: dict[str, str] = {}
+        reset = f"{math.ceil(self.reset_seconds)}s"
+        requests = [(s.scope.rpm - s.requests, s.scope.rpm) for s in self.states if s.scope.rpm]
+        if requests:
+            remaining, limit = min(requests)
+            headers["x-ratelimit-limit-requests"] = str(limit)
+            headers["x-ratelimit-remaining-requests"] = str(max(remaining, 0))
+            headers["x-ratelimit-reset-requests"] = reset
+        tokens = [(s.scope.tpm - s.tokens, s.scope.tpm) for s in self.states if s.scope.tpm]
+        if tokens:
+            remaining, limit = min(tokens)
+            headers["x-ratelimit-limit-tokens"] = str(limit)
+            headers["x-ratelimit-remaining-tokens"] = str(max(remaining, 0))
+            headers["x-ratelimit-reset-tokens"] = reset
+        return headers
+
+
+def current_window(now: float | None = None) -> tuple[int, float]:
+    now = time.time() if now is None else now
+    window = int(now // WINDOW)
+    return window, (window + 1) * WINDOW - now
+
+
+class RateLimiter(ABC):
+    @abstractmethod
+    async def acquire(self, scopes: list[Scope], tokens: int) -> Decision:
+        """Admit one request costing up to `tokens`, or refuse without charging anything."""
+
+    @abstractmethod
+    async def adjust(self, scopes: list[Scope], window: int, delta: int) -> None:
+        """Correct the token charge of an admitted request (`delta` may be negative)."""
+
+    async def close(self) -> None:
+        return None
+
+
+class MemoryLimiter(RateLimiter):
+    def __init__(self) -> None:
+        self._window = -1
+        self._requests: dict[str, int] = {}
+        self._tokens: dict[str, int] = {}
+
+    def _roll(self, window: int) -> None:
+        if window != self._window:
+            self._window = window
+            self._requests.clear()
+            self._tokens.clear()
+
+    async def acquire(self, scopes: list[Scope], tokens: int) -> Decision:
+        window, reset = current_window()
+        self._roll(window)
+        for scope in scopes:
+            if scope.rpm is not None and self._requests.get(scope.name, 0) + 1 > scope.rpm:
+                return Decision(False, window, reset, (), scope, "requests")
+            if scope.tpm is not None and self._tokens.get(scope.name, 0) + tokens > scope.tpm:
+                return Decision(False, window, reset, (), scope, "tokens")
+        states = []
+        for scope in scopes:
+            self._requests[scope.name] = self._requests.get(scope.name, 0) + 1
+            self._tokens[scope.name] = self._tokens.get(scope.name, 0) + tokens
+            states.append(ScopeState(scope, self._requests[scope.name], self._tokens[scope.name]))
+        return Decision(True, window, reset, tuple(states))
+
+    async def adjust(self, scopes: list[Scope], window: int, delta: int) -> None:
+        if window != self._window:
+            return  # that window is over; its counts no longer matter
+        for scope in scopes:
+            self._tokens[scope.name] = max(self._tokens.get(scope.name, 0) + delta, 0)
+
+
+# KEYS: for each scope, its request counter then its token counter.
+# ARGV: ttl, tokens, then for each scope its rpm and tpm (-1 = no limit).
+# Returns {1, r1, t1, r2, t2, ...} when admitted, {0, scope index, 1=requests|2=tokens} when refused.
+_ACQUIRE = """
+local ttl = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local n = #KEYS / 2
+for i = 1, n do
+  local rpm = tonumber(ARGV[1 + 2 * i])
+  local tpm = tonumber(ARGV[2 + 2 * i])
+  if rpm >= 0 and tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0') + 1 > rpm then return {0, i, 1} end
+  if tpm >= 0 and tonumber(redis.call('GET', KEYS[2 * i]) or '0') + cost > tpm then return {0, i, 2} end
+end
+local result = {1}
+for i = 1, n do
+  local r = redis.call('INCR', KEYS[2 * i - 1])
+  local t = redis.call('INCRBY', KEYS[2 * i], cost)
+  redis.call('EXPIRE', KEYS[2 * i - 1], ttl)
+  redis.call('EXPIRE', KEYS[2 * i], ttl)
+  result[2 * i] = r
+  result[2 * i + 1] = t
+end
+return result
+"""
+
+
+class RedisLimiter(RateLimiter):
+    def __init__(self, url: str, prefix: str = "meshgate:rl") -> None:
+        import redis.asyncio as redis
+
+        self._redis: Any = redis.from_url(url)
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self.prefix = prefix
+
+    def _keys(self, scopes: list[Scope], window: int) -> list[str]:
+        keys = []
+        for scope in scopes:
+            keys += [f"{self.prefix}:{window}:{scope.name}:r", f"{self.prefix}:{window}:{scope.name}:t"]
+        return keys
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except Exception:
+            return False
+
+    async def acquire(self, scopes: list[Scope], tokens: int) -> Decision:
+        window, reset = current_window()
+        args: list[int] = [WINDOW * 2, tokens]
+        for scope in scopes:
+            args += [scope.rpm if scope.rpm is not None else -1, scope.tpm if scope.tpm is not None else -1]
+        result = await self._acquire(keys=self._keys(scopes, window), args=args)
+        if int(result[0]) == 0:
+            refused = scopes[int(result[1]) - 1]
+            return Decision(False, window, reset, (), refused, "requests" if int(result[2]) == 1 else "tokens")
+        states = tuple(
+            ScopeState(scope, int(result[1 + 2 * i]), int(result[2 + 2 * i])) for i, scope in enumerate(scopes)
+        )
+        return Decision(True, window, reset, states)
+
+    async def adjust(self, scopes: list[Scope], window: int, delta: int) -> None:
+        if delta == 0:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in self._keys(scopes, window)[1::2]:
+                pipe.incrby(key, delta)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        await self._redis.aclose()

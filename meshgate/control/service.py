@@ -1,0 +1,219 @@
+"""Changes to teams and keys, shared by the CLI and the admin API. Every change bumps the
+control version, which running servers poll to reload (see keystore.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from meshgate.control.grants import ROLES, Grant
+from meshgate.control.records import PERIODS, KeyRecord, Limits, TeamRecord, hash_key, new_key, new_key_id
+from meshgate.errors import InvalidRequest, MeshError
+from meshgate.store import Database, Queries
+
+
+class NotFound(MeshError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+    kind = "not_found"
+
+
+class Conflict(MeshError):
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
+    kind = "conflict"
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    key: str  # shown once, never stored
+    record: KeyRecord
+
+
+def check_limits(limits: Limits) -> None:
+    for name in ("rpm", "tpm"):
+        value = getattr(limits, name)
+        if value is not None and value < 1:
+            raise InvalidRequest(f"{name} must be at least 1", param=name)
+    if limits.budget_usd is not None and limits.budget_usd < 0:
+        raise InvalidRequest("budget must not be negative", param="budget_usd")
+    if limits.budget_period is not None and limits.budget_period not in PERIODS:
+        raise InvalidRequest(f"budget period must be one of {', '.join(PERIODS)}", param="budget_period")
+    if limits.budget_usd is not None and limits.budget_period is None:
+        raise InvalidRequest("a budget needs a period (day, week or month)", param="budget_period")
+
+
+def check_models(models: tuple[str, ...]) -> tuple[str, ...]:
+    patterns = tuple(m.strip() for m in models if m.strip())
+    return () if patterns in ((), ("*",)) else patterns
+
+
+class ControlService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @staticmethod
+    async def _bump(tx: Queries) -> None:
+        await tx.execute("UPDATE meshgate_state SET value = value + 1 WHERE name = 'control_version'")
+
+    async def version(self) -> int:
+        row = await self.db.fetchone("SELECT value FROM meshgate_state WHERE name = 'control_version'")
+        return int(row["value"]) if row else 0
+
+    # -- teams ---------------------------------------------------------------------------------
+
+    async def create_team(self, name: str, limits: Limits, models: tuple[str, ...] = ()) -> TeamRecord:
+        if not name.strip():
+            raise InvalidRequest("a team needs a name", param="name")
+        check_limits(limits)
+        now = time.time()
+        async with self.db.transaction() as tx:
+            if await tx.fetchone("SELECT name FROM teams WHERE name = ?", (name,)):
+                raise Conflict(f"team {name!r} already exists", param="name")
+            await tx.execute(
+                "INSERT INTO teams (name, rpm, tpm, budget_usd, budget_period, models, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    limits.rpm,
+                    limits.tpm,
+                    limits.budget_usd,
+                    limits.budget_period,
+                    json.dumps(list(check_models(models))),
+                    now,
+                    now,
+                ),
+            )
+            await self._bump(tx)
+        return await self.get_team(name)
+
+    async def update_team(self, name: str, changes: dict[str, Any]) -> TeamRecord:
+        current = await self.get_team(name)
+        limits = Limits(
+            changes.get("rpm", current.limits.rpm),
+            changes.get("tpm", current.limits.tpm),
+            changes.get("budget_usd", current.limits.budget_usd),
+            changes.get("budget_period", current.limits.budget_period),
+        )
+        check_limits(limits)
+        models = check_models(tuple(changes["models"])) if "models" in changes else current.models
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "UPDATE teams SET rpm = ?, tpm = ?, budget_usd = ?, budget_period = ?, models = ?, updated_at = ? "
+                "WHERE name = ?",
+                (
+                    limits.rpm,
+                    limits.tpm,
+                    limits.budget_usd,
+                    limits.budget_period,
+                    json.dumps(list(models)),
+                    time.time(),
+                    name,
+                ),
+            )
+            await self._bump(tx)
+        return await self.get_team(name)
+
+    async def get_team(self, name: str) -> TeamRecord:
+        row = await self.db.fetchone("SELECT * FROM teams WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"no team named {name!r}", param="team")
+        return TeamRecord.from_row(row)
+
+    async def list_teams(self) -> list[TeamRecord]:
+        return [TeamRecord.from_row(r) for r in await self.db.fetchall("SELECT * FROM teams ORDER BY name")]
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    async def create_key(
+        self,
+        team: str,
+        *,
+        name: str | None = None,
+        role: str = "developer",
+        models: tuple[str, ...] = (),
+        limits: Limits | None = None,
+        expires_at: float | None = None,
+        create_team: bool = True,
+    ) -> CreatedKey:
+        limits = limits or Limits()
+        if role not in ROLES:
+            raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
+        check_limits(limits)
+        if expires_at is not None and expires_at <= time.time():
+            raise InvalidRequest("the expiry date is in the past", param="expires_at")
+        if not await self.db.fetchone("SELECT name FROM teams WHERE name = ?", (team,)):
+            if not create_team:
+                raise NotFound(f"no team named {team!r}", param="team")
+            await self.create_team(team, Limits())
+        key = new_key()
+        key_id = new_key_id()
+        name = name or f"{team}-{key_id[4:]}"
+        async with self.db.transaction() as tx:
+            if await tx.fetchone("SELECT id FROM api_keys WHERE name = ?", (name,)):
+                raise Conflict(f"a key named {name!r} already exists", param="name")
+            await tx.execute(
+                "INSERT INTO api_keys (id, name, team, role, key_hash, hint, models, rpm, tpm, budget_usd, "
+                "budget_period, expires_at, revoked_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key_id,
+                    name,
+                    team,
+                    role,
+                    hash_key(key),
+                    key[-4:],
+                    json.dumps(list(check_models(models))),
+                    limits.rpm,
+                    limits.tpm,
+                    limits.budget_usd,
+                    limits.budget_period,
+                    expires_at,
+                    None,
+                    time.time(),
+                ),
+            )
+            await self._bump(tx)
+        return CreatedKey(key=key, record=await self.get_key(key_id))
+
+    async def get_key(self, id_or_name: str) -> KeyRecord:
+        row = await self.db.fetchone("SELECT * FROM api_keys WHERE id = ? OR name = ?", (id_or_name, id_or_name))
+        if row is None:
+            raise NotFound(f"no key with id or name {id_or_name!r}", param="key")
+        return KeyRecord.from_row(row)
+
+    async def list_keys(self, include_revoked: bool = False) -> list[KeyRecord]:
+        sql = "SELECT * FROM api_keys" + ("" if include_revoked else " WHERE revoked_at IS NULL")
+        return [KeyRecord.from_row(r) for r in await self.db.fetchall(sql + " ORDER BY created_at")]
+
+    async def all_keys(self) -> list[KeyRecord]:
+        return await self.list_keys(include_revoked=True)
+
+    async def revoke_key(self, id_or_name: str) -> KeyRecord:
+        record = await self.get_key(id_or_name)
+        if record.revoked_at is not None:
+            return record
+        async with self.db.transaction() as tx:
+            await tx.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (time.time(), record.id))
+            await self._bump(tx)
+        return await self.get_key(record.id)
+
+    async def rotate_key(self, id_or_name: str) -> CreatedKey:
+        """A new secret for the same key (id, name, team, limits); the old secret stops working."""
+        record = await self.get_key(id_or_name)
+        if record.revoked_at is not None:
+            raise Conflict(f"key {record.name!r} is revoked; create a new one", param="key")
+        key = new_key()
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "UPDATE api_keys SET key_hash = ?, hint = ? WHERE id = ?", (hash_key(key), key[-4:], record.id)
+            )
+            await self._bump(tx)
+        return CreatedKey(key=key, record=await self.get_key(record.id))
+
+
+def role_grants(role: str) -> tuple[Grant, ...]:
+    return ROLES[role]

@@ -1,0 +1,94 @@
+"""The control steps of the call pipeline: authorize the model, then reserve rate limits."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from meshgate.control.policy import Policy, Principal
+from meshgate.control.ratelimit import Decision, RateLimiter, Scope
+from meshgate.errors import RateLimited
+from meshgate.gateway.pipeline import ORDER_AUTHORIZE, ORDER_LIMITS, Call, Step
+from meshgate.protocol import ChatCompletionRequest, message_text
+
+log = logging.getLogger("meshgate.control")
+
+#: Output tokens assumed when neither the request nor the model's profile bounds them.
+DEFAULT_OUTPUT_ESTIMATE = 4096
+
+
+def worst_case_tokens(call: Call) -> int:
+    """An upper bound on the tokens a call can use, known before it runs.
+
+    A token is at least one byte of UTF-8 for the tokenizers in use, so the prompt's byte length
+    bounds its tokens (plus a few per message for the chat template)."""
+    request = call.request
+    assert call.model is not None
+    if isinstance(request, ChatCompletionRequest):
+        prompt = sum(len(message_text(m.content).encode()) + 8 for m in request.messages)
+        profile = call.model.profile
+        output = request.output_limit or profile.max_output_tokens or profile.context_window
+        return prompt + (output or DEFAULT_OUTPUT_ESTIMATE)
+    inputs = request.inputs()
+    return sum(len(item.encode()) + 2 if isinstance(item, str) else len(item) for item in inputs)
+
+
+class AuthorizeModel(Step):
+    name = "authorize-model"
+    order = ORDER_AUTHORIZE
+
+    async def before(self, call: Call) -> None:
+        Policy.authorize(call.principal, "model", call.model_name, "use")
+
+
+def scopes_for(principal: Principal, call: Call) -> list[Scope]:
+    scopes = []
+    if principal.key_limits.rpm or principal.key_limits.tpm:
+        scopes.append(Scope(f"key:{principal.key_id}", principal.key_limits.rpm, principal.key_limits.tpm))
+    if principal.team_limits.rpm or principal.team_limits.tpm:
+        scopes.append(Scope(f"team:{principal.team}", principal.team_limits.rpm, principal.team_limits.tpm))
+    assert call.model is not None
+    config = call.model.config
+    if config.rpm or config.tpm:
+        scopes.append(Scope(f"model:{call.model_name}", config.rpm, config.tpm))
+    return scopes
+
+
+class RateLimit(Step):
+    name = "rate-limit"
+    order = ORDER_LIMITS
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+
+    async def before(self, call: Call) -> None:
+        scopes = scopes_for(call.principal, call)
+        if not scopes:
+            return
+        estimate = worst_case_tokens(call)
+        decision = await self.limiter.acquire(scopes, estimate)
+        if not decision.admitted:
+            assert decision.refused_scope is not None
+            scope = decision.refused_scope
+            limit = scope.rpm if decision.refused_limit == "requests" else scope.tpm
+            unit = "requests" if decision.refused_limit == "requests" else "tokens"
+            extra = f" (this request may use up to {estimate} tokens)" if unit == "tokens" else ""
+            error = RateLimited(
+                f"Rate limit reached for {scope.name}: {limit} {unit} per minute{extra}. "
+                f"Try again in {math.ceil(decision.reset_seconds)}s.",
+                retry_after=max(1, math.ceil(decision.reset_seconds)),
+            )
+            raise error
+        call.response_headers.update(decision.headers())
+        call.notes["rate_limit"] = (scopes, decision, estimate)
+
+    async def after(self, call: Call) -> None:
+        reserved: tuple[list[Scope], Decision, int] | None = call.notes.get("rate_limit")
+        if reserved is None:
+            return
+        scopes, decision, estimate = reserved
+        used = call.prompt_tokens + call.completion_tokens
+        try:
+            await self.limiter.adjust(scopes, decision.window, used - estimate)
+        except Exception as exc:  # the limit errs on the safe side (over-counted) until the window ends
+            log.warning("rate limit: correcting the token charge failed (%s)", type(exc).__name__)
