@@ -28,10 +28,10 @@ def register_providers(register: Callable[[ProviderType], None]) -> None:
 def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) -> None:
     from meshgate.control.steps import AuthorizeModel, RateLimit
     from meshgate.gateway.capabilities import CapabilityCheck
-    from meshgate.observe.request_log import RequestLogStep
+    from meshgate.observe.usage import UsageStep
 
     register(AuthorizeModel())
     register(RateLimit(runtime.limiter))
     register(CapabilityCheck())
-    if runtime.request_log is not None:
-        register(RequestLogStep(runtime.request_log))
+    if runtime.usage is not None:
+        register(UsageStep(runtime.usage))

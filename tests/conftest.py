@@ -37,7 +37,7 @@ def upstream_models_yaml(base_url: str) -> str:
     for name, upstream, extra in [
         ("bench", "echo", "price: {input: 2.5, output: 10.0}"),
         ("slow", "slow:0.5", ""),
-        ("paced", "paced:20:10", ""),
+        ("paced", "paced:20:10", "price: {input: 1.0, output: 2.0}"),
         ("fail500", "fail:500", ""),
         ("fail429", "fail:429", ""),
         ("fail400", "fail:400", ""),

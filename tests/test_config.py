@@ -165,3 +165,15 @@ def test_config_check_fails_with_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "models[0].provider: unknown provider" in result.stderr
+
+
+def test_usage_command_formats(tmp_path: Path) -> None:
+    runner = CliRunner()
+    data = ["--data-dir", str(tmp_path / "d")]
+    assert runner.invoke(cli, ["keys", "create", "--team", "t", *data]).exit_code == 0
+    for fmt, expected in (("table", "TEAM"), ("json", "[]"), ("csv", "team,requests")):
+        result = runner.invoke(cli, ["usage", "--by", "team", "--since", "7d", "--format", fmt, *data])
+        assert result.exit_code == 0, result.output
+        assert expected in result.output
+    bad = runner.invoke(cli, ["usage", "--since", "yesterday", *data])
+    assert bad.exit_code == 2 and "duration" in bad.output

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
 import time
 
 import httpx
+import pytest
 
 from meshgate.testing.fake_openai import FakeOpenAI
 from tests.conftest import UPSTREAM_KEY, AppClient
@@ -154,11 +156,49 @@ async def test_models_list_and_card(proxy_client: AppClient) -> None:
     assert "upstream_model" in card["meshgate"]
 
 
-async def test_request_log_records_calls(proxy_client: AppClient) -> None:
-    response = await proxy_client.http.post(CHAT, json={"model": "bench", "messages": HELLO})
-    await proxy_client.runtime.request_log.flush()
-    rows = await proxy_client.runtime.db.fetchall("SELECT * FROM request_log WHERE model = ? ORDER BY ts", ("bench",))
-    assert rows, "no request log rows"
-    row = rows[-1]
+async def test_usage_records_are_priced(proxy_client: AppClient) -> None:
+    response = await proxy_client.http.post(CHAT, json={"model": "bench", "messages": HELLO, "user": "alice"})
+    assert proxy_client.runtime.usage is not None and proxy_client.runtime.db is not None
+    await proxy_client.runtime.usage.flush()
+    row = await proxy_client.runtime.db.fetchone(
+        "SELECT * FROM usage WHERE id = ?", (response.headers["x-request-id"],)
+    )
+    assert row is not None
     assert row["status"] == 200 and row["prompt_tokens"] == 5 and row["completion_tokens"] == 3
-    assert row["id"] == response.headers["x-request-id"]
+    assert row["cost_usd"] == pytest.approx((5 * 2.5 + 3 * 10.0) / 1e6)
+    assert row["user_name"] == "alice" and row["team"] == "tests" and row["key_id"].startswith("key_")
+    assert row["model"] == row["served_model"] == "bench" and row["stream"] == 0 and row["cache_hit"] == 0
+
+
+async def test_cut_stream_is_still_charged(proxy_client: AppClient) -> None:
+    """The upstream drops the stream before its usage chunk: pieces delivered still count."""
+    async with proxy_client.http.stream("POST", CHAT, json={"model": "cut", "messages": HELLO, "stream": True}) as r:
+        request_id = r.headers["x-request-id"]
+        _ = [line async for line in r.aiter_lines()]
+    assert proxy_client.runtime.usage is not None and proxy_client.runtime.db is not None
+    await proxy_client.runtime.usage.flush()
+    row = await proxy_client.runtime.db.fetchone("SELECT * FROM usage WHERE id = ?", (request_id,))
+    assert row is not None and row["status"] == 502 and row["error_kind"] == "upstream_error"
+    assert row["completion_tokens"] >= 1 and row["prompt_tokens"] >= 1
+
+
+async def test_stream_cancelled_by_the_client_is_charged(proxy_url: str, proxy_client: AppClient) -> None:
+    headers = {"authorization": f"Bearer {proxy_client.key}"}
+    body = {"model": "paced", "messages": HELLO, "stream": True}
+    async with httpx.AsyncClient(headers=headers) as http, http.stream("POST", proxy_url + CHAT, json=body) as r:
+        request_id = r.headers["x-request-id"]
+        seen = 0
+        async for line in r.aiter_lines():
+            seen += line.startswith("data: {")
+            if seen == 4:
+                break  # hang up after the role chunk and three pieces
+    assert proxy_client.runtime.usage is not None and proxy_client.runtime.db is not None
+    deadline = asyncio.get_running_loop().time() + 5
+    row = None
+    while row is None and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+        await proxy_client.runtime.usage.flush()
+        row = await proxy_client.runtime.db.fetchone("SELECT * FROM usage WHERE id = ?", (request_id,))
+    assert row is not None and row["status"] == 499 and row["stream"] == 1
+    assert 3 <= row["completion_tokens"] <= 10
+    assert row["cost_usd"] > 0

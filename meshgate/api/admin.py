@@ -14,6 +14,8 @@ from meshgate.api.bodies import decode_request
 from meshgate.api.responses import JSONBytesResponse
 from meshgate.control.records import Limits, TeamRecord
 from meshgate.control.service import ControlService
+from meshgate.errors import InvalidRequest
+from meshgate.observe.usage_report import parse_since, usage_report
 
 if TYPE_CHECKING:
     from meshgate.gateway.runtime import Runtime
@@ -144,7 +146,22 @@ async def rotate_key(request: Request) -> Response:
     return JSONBytesResponse({"key": created.key, **created.record.public()})
 
 
+async def usage(request: Request) -> Response:
+    """GET /admin/usage?by=team|key|model|day&since=7d"""
+    runtime = _runtime(request)
+    assert runtime.db is not None and runtime.usage is not None
+    try:
+        since = parse_since(request.query_params.get("since"))
+        by = request.query_params.get("by", "team")
+        await runtime.usage.flush()  # include this server's latest calls
+        rows = await usage_report(runtime.db, by, since)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param=str(exc).split(":")[0]) from None
+    return JSONBytesResponse({"object": "list", "by": by, "since": since, "data": rows})
+
+
 ROUTES = [
+    Route("/admin/usage", usage, methods=["GET"]),
     Route("/admin/teams", list_teams, methods=["GET"]),
     Route("/admin/teams", create_team, methods=["POST"]),
     Route("/admin/teams/{name}", update_team, methods=["PATCH"]),

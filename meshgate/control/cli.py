@@ -4,6 +4,8 @@ same --data-dir / --database-url) and acts as admin. Running servers pick change
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -14,6 +16,7 @@ import click
 from meshgate.control.records import PERIODS, KeyRecord, Limits, TeamRecord
 from meshgate.control.service import ControlService
 from meshgate.errors import ConfigError, MeshError
+from meshgate.observe.usage_report import GROUPS, parse_since, usage_report
 from meshgate.settings import SETTINGS_BY_NAME, ServerSettings
 
 T = TypeVar("T")
@@ -219,6 +222,34 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
         created = run_with_service(load, config_path, store, lambda s: s.rotate_key(key))
         _print_created(created.key, created.record)
 
+    @cli.command("usage")
+    @store_options
+    @click.option("--since", default=None, help="7d, 24h, 30m or an ISO date (default: all time).")
+    @click.option("--by", type=click.Choice(GROUPS), default="team", show_default=True)
+    @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+    def usage(config_path: str | None, since: str | None, by: str, fmt: str, **store: Any) -> None:
+        """Requests, tokens and cost, grouped by team, key, model or day."""
+        try:
+            start = parse_since(since)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+        async def report(service: ControlService) -> list[dict[str, Any]]:
+            return await usage_report(service.db, by, start)
+
+        rows = run_with_service(load, config_path, store, report)
+        columns = [by, "requests", "prompt_tokens", "completion_tokens", "cost_usd", "errors", "avg_latency_ms"]
+        if fmt == "json":
+            click.echo(json.dumps(rows, indent=2))
+        elif fmt == "csv":
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+            click.echo(out.getvalue().rstrip())
+        else:
+            click.echo(_table(rows, columns))
+
     @cli.group()
     def teams() -> None:
         """Create, update and list teams, with their limits and budgets."""
@@ -274,8 +305,7 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
     def teams_list(config_path: str | None, fmt: str, **store: Any) -> None:
         """List teams."""
         rows = [_team_row(t) for t in run_with_service(load, config_path, store, lambda s: s.list_teams())]
-        click.echo(json.dumps(rows, indent=2) if fmt == "json" else _table(rows, list(_team_row_keys())))
+        click.echo(json.dumps(rows, indent=2) if fmt == "json" else _table(rows, TEAM_COLUMNS))
 
 
-def _team_row_keys() -> list[str]:
-    return ["name", "models", "rpm", "tpm", "budget_usd", "budget_period", "created_at"]
+TEAM_COLUMNS = ["name", "models", "rpm", "tpm", "budget_usd", "budget_period", "created_at"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from meshgate.errors import InvalidRequest, MeshError, ModelNotFound
-from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest
+from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest, message_text
 from meshgate.providers.base import CallContext, ChatModel, EmbeddingInput, EmbeddingModel, Embeddings, Model
 
 M = TypeVar("M", bound=Model)
@@ -50,6 +50,10 @@ class Call:
     finished_at: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0
+    #: Stream chunks that carried output: about a token each, for a stream that ends without usage.
+    streamed_pieces: int = 0
+    cache_hit: bool = False
     status: int = 200
     error: MeshError | None = None
     #: Extra response headers steps want to send (rate-limit headers, for example).
@@ -71,8 +75,22 @@ class Call:
     def ttft_ms(self) -> float | None:
         return None if self.first_token_at is None else (self.first_token_at - self.started) * 1000
 
+    def __post_init__(self) -> None:
+        self.ctx = CallContext(request_id=self.request_id, started=self.started)
+
     def context(self) -> CallContext:
-        return CallContext(request_id=self.request_id, started=self.started)
+        return self.ctx
+
+    def _settle_counts(self) -> None:
+        """Tokens and cost as the call ends. Without a final usage report (a stream cut short or a
+        caller gone), the provider's own progress counts, else an estimate: a served call is
+        never recorded at zero."""
+        if not (self.prompt_tokens or self.completion_tokens):
+            self.prompt_tokens = self.ctx.prompt_tokens or (estimate_prompt_tokens(self.request) if self.model else 0)
+            self.completion_tokens = max(self.ctx.completion_tokens, self.streamed_pieces)
+        if self.model is not None:
+            price = self.model.config.price
+            self.cost_usd = (self.prompt_tokens * price.input + self.completion_tokens * price.output) / 1_000_000
 
 
 class Step:
@@ -125,6 +143,7 @@ class Pipeline:
             raise
         finally:
             call.finished_at = time.monotonic()
+            call._settle_counts()
             if isinstance(error, MeshError):
                 call.error, call.status = error, error.status
             elif error is not None:
@@ -150,8 +169,10 @@ class Pipeline:
             chunks = model.stream(call.request, call.context())
             try:
                 async for chunk in chunks:
-                    if call.first_token_at is None and _has_output(chunk):
-                        call.first_token_at = time.monotonic()
+                    if _has_output(chunk):
+                        call.streamed_pieces += 1
+                        if call.first_token_at is None:
+                            call.first_token_at = time.monotonic()
                     usage = chunk.get("usage")
                     if usage:
                         call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
@@ -167,6 +188,15 @@ class Pipeline:
             call.first_token_at = time.monotonic()
             call.prompt_tokens = result.prompt_tokens
             return result
+
+
+def estimate_prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest) -> int:
+    """About four characters a token, when no tokenizer spoke: for calls that ended without usage."""
+    if isinstance(request, ChatCompletionRequest):
+        chars = sum(len(message_text(m.content)) + 16 for m in request.messages)
+    else:
+        chars = sum(len(i) if isinstance(i, str) else 4 * len(i) for i in request.inputs())
+    return max(1, chars // 4)
 
 
 def _has_output(chunk: dict[str, Any]) -> bool:

@@ -19,7 +19,7 @@ from meshgate.control.service import ControlService
 from meshgate.gateway.pipeline import Pipeline, Step
 from meshgate.providers.base import Model, ProviderContext, ProviderType
 from meshgate.settings import ServerSettings
-from meshgate.store import Database, RequestLogWriter, connect, migrate
+from meshgate.store import INSERT_USAGE, BatchWriter, Database, connect, migrate
 from meshgate.store.database import redact
 
 log = logging.getLogger("meshgate")
@@ -42,7 +42,7 @@ class Runtime:
             model.name: provider_types[model.provider].factory(model, context) for model in config.models
         }
         self.db: Database | None = None
-        self.request_log: RequestLogWriter | None = None
+        self.usage: BatchWriter | None = None
         self.control: ControlService | None = None
         self.keys: KeyStore | None = None
         self.policy = Policy(None)
@@ -56,8 +56,8 @@ class Runtime:
         applied = await migrate(self.db)
         if applied:
             log.info("database migrated: %s", ", ".join(applied))
-        self.request_log = RequestLogWriter(self.db)
-        await self.request_log.start()
+        self.usage = BatchWriter(self.db, INSERT_USAGE, name="usage")
+        await self.usage.start()
         self.control = ControlService(self.db)
         if self.settings.auth:
             self.keys = KeyStore(self.control)
@@ -106,8 +106,8 @@ class Runtime:
         if self.keys is not None:
             await self.keys.stop()
         await self.limiter.close()
-        if self.request_log is not None:
-            await self.request_log.stop()
+        if self.usage is not None:
+            await self.usage.stop()
         if self.db is not None:
             await self.db.close()
 

@@ -73,12 +73,18 @@ class ModelConfig(BaseModel):
 
 @dataclass
 class CallContext:
-    """Per-call facts a provider may need. Grows with later pipeline steps (principal, policy...)."""
+    """Per-call facts a provider may need, and the progress it reports back.
+
+    A provider that generates its own tokens updates `prompt_tokens` and `completion_tokens` as it
+    goes, so that a call cut short (client hung up) is still charged for what was generated.
+    """
 
     request_id: str
     started: float = field(default_factory=time.monotonic)
     #: Seconds left for the whole call, or None.
     timeout: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class Model(ABC):

@@ -77,6 +77,35 @@ MIGRATIONS: list[Migration] = [
             "INSERT INTO meshgate_state (name, value) VALUES ('control_version', 0)",
         ),
     ),
+    Migration(
+        "0003_usage",
+        (
+            """CREATE TABLE usage (
+                id TEXT PRIMARY KEY,
+                ts DOUBLE PRECISION NOT NULL,
+                endpoint TEXT NOT NULL,
+                key_id TEXT,
+                team TEXT,
+                user_name TEXT,
+                model TEXT NOT NULL,
+                served_model TEXT NOT NULL,
+                status INTEGER NOT NULL,
+                prompt_tokens INTEGER NOT NULL,
+                completion_tokens INTEGER NOT NULL,
+                cost_usd DOUBLE PRECISION NOT NULL,
+                latency_ms DOUBLE PRECISION NOT NULL,
+                ttft_ms DOUBLE PRECISION,
+                stream INTEGER NOT NULL,
+                cache_hit INTEGER NOT NULL,
+                error_kind TEXT
+            )""",
+            "CREATE INDEX usage_ts ON usage (ts)",
+            "CREATE INDEX usage_team_ts ON usage (team, ts)",
+            "CREATE INDEX usage_key_ts ON usage (key_id, ts)",
+            # The usage table supersedes the request log of 0001 (a superset of its columns).
+            "DROP TABLE request_log",
+        ),
+    ),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS meshgate_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"

@@ -195,3 +195,14 @@ def test_no_auth_only_on_loopback(tmp_path: Path) -> None:
     assert resolve_settings({"auth": False}, {}).auth is False
     with pytest.raises(ConfigError, match="loopback"):
         resolve_settings({"auth": False, "host": "0.0.0.0"}, {})
+
+
+async def test_admin_usage_report(mesh: AppClient) -> None:
+    key = await new_key(mesh, team="reporting")
+    for _ in range(3):
+        assert (await post(mesh, key)).status_code == 200
+    report = (await mesh.http.get("/admin/usage", params={"by": "team", "since": "1h"})).json()
+    row = next(r for r in report["data"] if r["team"] == "reporting")
+    assert row["requests"] == 3 and row["cost_usd"] > 0
+    assert_openai_error(await mesh.http.get("/admin/usage", params={"by": "colour"}), 400, param="by")
+    assert_openai_error(await mesh.http.get("/admin/usage", headers=as_key(key)), 403)

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from meshgate.errors import ConfigError
-from meshgate.store import Database, Migration, RequestLogWriter, RequestRecord, connect, migrate
+from meshgate.store import INSERT_USAGE, MIGRATIONS, BatchWriter, Database, Migration, UsageRecord, connect, migrate
 from meshgate.store.postgres import to_dollar_params
 
 PG_BASE = os.environ.get("MESHGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -59,22 +59,32 @@ async def db(db_url: str) -> AsyncIterator[Database]:
     await database.close()
 
 
-def record(i: int, **changes: object) -> RequestRecord:
+def record(i: int, **changes: object) -> UsageRecord:
     values: dict[str, object] = dict(
         id=f"req_{i}",
         ts=1_700_000_000.0 + i,
         endpoint="chat.completions",
+        key_id="key_1",
+        team="t",
+        user_name=None,
         model="m",
+        served_model="m",
         status=200,
-        latency_ms=1.5,
-        ttft_ms=None,
         prompt_tokens=3,
         completion_tokens=4,
+        cost_usd=0.0001,
+        latency_ms=1.5,
+        ttft_ms=None,
         stream=False,
+        cache_hit=False,
         error_kind=None,
     )
     values.update(changes)
-    return RequestRecord(**values)  # type: ignore[arg-type]
+    return UsageRecord(**values)  # type: ignore[arg-type]
+
+
+def usage_writer(db: Database, **options: object) -> BatchWriter:
+    return BatchWriter(db, INSERT_USAGE, name="usage", **options)  # type: ignore[arg-type]
 
 
 async def test_round_trip_and_placeholders(db: Database) -> None:
@@ -107,14 +117,12 @@ async def test_executemany_is_all_or_nothing(db: Database) -> None:
 
 async def test_migrate_is_idempotent_and_recorded(db: Database) -> None:
     applied = await migrate(db)
-    assert "0001_request_log" in applied
+    assert applied[:3] == ["0001_request_log", "0002_teams_and_keys", "0003_usage"]
     assert await migrate(db) == []
     names = [r["name"] for r in await db.fetchall("SELECT name FROM meshgate_migrations")]
     assert names == applied
     extra = Migration("9999_test", ("CREATE TABLE extra (x INTEGER)",))
-    assert await migrate(db, [*__import__("meshgate.store", fromlist=["MIGRATIONS"]).MIGRATIONS, extra]) == [
-        "9999_test"
-    ]
+    assert await migrate(db, [*MIGRATIONS, extra]) == ["9999_test"]
 
 
 async def test_concurrent_migrations_apply_once(db_url: str) -> None:
@@ -133,14 +141,14 @@ async def test_ping(db: Database) -> None:
     assert await db.ping() is True
 
 
-async def test_request_log_batches_and_flushes_at_stop(db: Database) -> None:
+async def test_usage_writer_batches_and_flushes_at_stop(db: Database) -> None:
     await migrate(db)
-    writer = RequestLogWriter(db, batch_size=50, flush_interval=10)
+    writer = usage_writer(db, batch_size=50, flush_interval=10)
     await writer.start()
     for i in range(120):
         assert writer.submit(record(i, ttft_ms=2.0 if i % 2 else None, stream=bool(i % 3)))
     await writer.stop()
-    rows = await db.fetchall("SELECT * FROM request_log ORDER BY ts")
+    rows = await db.fetchall("SELECT * FROM usage ORDER BY ts")
     assert len(rows) == 120
     assert rows[1]["ttft_ms"] == 2.0 and rows[0]["ttft_ms"] is None
     assert rows[1]["stream"] == 1 and rows[0]["stream"] == 0
@@ -149,11 +157,11 @@ async def test_request_log_batches_and_flushes_at_stop(db: Database) -> None:
 
 async def test_duplicate_ids_are_ignored(db: Database) -> None:
     await migrate(db)
-    writer = RequestLogWriter(db)
+    writer = usage_writer(db)
     writer.submit(record(1))
     writer.submit(record(1, status=500))
     assert await writer.flush()
-    rows = await db.fetchall("SELECT status FROM request_log")
+    rows = await db.fetchall("SELECT status FROM usage")
     assert rows == [{"status": 200}]
 
 
@@ -179,21 +187,21 @@ async def test_two_sqlite_processes_share_the_file(tmp_path: Path) -> None:
     try:
         await migrate(one)
         assert await migrate(two) == []
-        await one.execute("INSERT INTO request_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", record(5).row())
-        assert (await two.fetchone("SELECT model FROM request_log")) == {"model": "m"}
+        await one.execute(INSERT_USAGE, record(5).row())
+        assert (await two.fetchone("SELECT model FROM usage")) == {"model": "m"}
     finally:
         await one.close()
         await two.close()
 
 
 @pytest.mark.postgres
-async def test_request_log_survives_a_postgres_outage() -> None:
+async def test_usage_writer_survives_a_postgres_outage() -> None:
     """Connections killed by the server mid-run: every record still lands once it recovers."""
     url, schema = await _pg_url()
     db = await connect(url)
     try:
         await migrate(db)
-        writer = RequestLogWriter(db, batch_size=20, flush_interval=0.05, retry_backoff=(0.05, 0.2))
+        writer = usage_writer(db, batch_size=20, flush_interval=0.05, retry_backoff=(0.05, 0.2))
         await writer.start()
         admin = await asyncpg.connect(PG_BASE)
         for i in range(200):
@@ -207,7 +215,7 @@ async def test_request_log_survives_a_postgres_outage() -> None:
             await asyncio.sleep(0.005)
         await admin.close()
         await writer.stop(grace=20)
-        count = await db.fetchone("SELECT COUNT(*) AS n FROM request_log")
+        count = await db.fetchone("SELECT COUNT(*) AS n FROM usage")
         assert count == {"n": 200}
     finally:
         await db.close()
@@ -253,7 +261,7 @@ class FlakyDatabase(Database):
 
 async def test_writer_retries_with_backoff() -> None:
     db = FlakyDatabase(failures=3)
-    writer = RequestLogWriter(db, batch_size=10, flush_interval=0.01, retry_backoff=(0.02, 0.1))
+    writer = usage_writer(db, batch_size=10, flush_interval=0.01, retry_backoff=(0.02, 0.1))
     await writer.start()
     for i in range(25):
         writer.submit(record(i))
@@ -267,7 +275,7 @@ async def test_writer_retries_with_backoff() -> None:
 
 async def test_submit_never_blocks_and_drops_when_full() -> None:
     db = FlakyDatabase(failures=0, hang=True)
-    writer = RequestLogWriter(db, max_queue=100, batch_size=10, flush_interval=0.01)
+    writer = usage_writer(db, max_queue=100, batch_size=10, flush_interval=0.01)
     await writer.start()
     started = time.monotonic()
     accepted = sum(writer.submit(record(i)) for i in range(1000))
@@ -275,3 +283,27 @@ async def test_submit_never_blocks_and_drops_when_full() -> None:
     assert accepted == 100
     assert writer.stats.dropped == 900
     await writer.stop(grace=0.2)
+
+
+async def test_usage_report_groups_on_every_backend(db: Database) -> None:
+    from meshgate.observe.usage_report import usage_report
+
+    await migrate(db)
+    writer = usage_writer(db)
+    day = 86400.0
+    base = 1_700_006_400.0  # 2023-11-15 00:00 UTC
+    writer.submit(record(1, ts=base + 10, team="a", model="m1", cost_usd=0.5, prompt_tokens=10, completion_tokens=1))
+    writer.submit(record(2, ts=base + 20, team="a", model="m2", cost_usd=0.25, status=502))
+    writer.submit(record(3, ts=base + day, team="b", model="m1", cost_usd=1.0, key_id="key_2"))
+    assert await writer.flush()
+    by_team = await usage_report(db, "team")
+    assert [(r["team"], r["requests"], r["cost_usd"], r["errors"]) for r in by_team] == [
+        ("a", 2, 0.75, 1),
+        ("b", 1, 1.0, 0),
+    ]
+    assert by_team[0]["prompt_tokens"] == 13 and by_team[0]["completion_tokens"] == 5
+    by_day = await usage_report(db, "day")
+    assert [(r["day"], r["requests"]) for r in by_day] == [("2023-11-15", 2), ("2023-11-16", 1)]
+    assert [r["model"] for r in await usage_report(db, "model")] == ["m1", "m2"]
+    assert [r["key"] for r in await usage_report(db, "key")] == ["key_1", "key_2"]
+    assert [r["team"] for r in await usage_report(db, "team", since=base + day / 2)] == ["b"]

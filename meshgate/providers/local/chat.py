@@ -304,7 +304,7 @@ class LocalLlamaModel(ChatModel):
                     break
                 safe = len(text) - _stop_holdback(text, stops)
                 if safe > emitted:
-                    emit(_Event(text=text[emitted:safe]))
+                    emit(_Event(text=text[emitted:safe], completion_tokens=len(generated)))
                     emitted = safe
                 if len(generated) >= limit:
                     break
@@ -357,10 +357,12 @@ class LocalLlamaModel(ChatModel):
 
     async def complete(self, request: ChatCompletionRequest, call: CallContext) -> dict[str, Any]:
         prepared = self._prepare(request)
+        call.prompt_tokens = len(prepared.prompt_tokens)
         created = int(time.time())
         parts: list[str] = []
         async for event in self._events(request, prepared):
             parts.append(event.text)
+            call.completion_tokens = event.completion_tokens
             if event.finish_reason is not None:
                 return completion_dict(
                     new_completion_id(),
@@ -374,10 +376,12 @@ class LocalLlamaModel(ChatModel):
 
     async def stream(self, request: ChatCompletionRequest, call: CallContext) -> AsyncIterator[dict[str, Any]]:
         prepared = self._prepare(request)
+        call.prompt_tokens = len(prepared.prompt_tokens)
         completion_id = new_completion_id()
         created = int(time.time())
         yield chunk_dict(completion_id, self.name, created, {"role": "assistant", "content": ""})
         async for event in self._events(request, prepared):
+            call.completion_tokens = event.completion_tokens
             if event.text:
                 yield chunk_dict(completion_id, self.name, created, {"content": event.text})
             if event.finish_reason is not None:

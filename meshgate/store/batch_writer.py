@@ -1,4 +1,4 @@
-"""The request log: one record per call, written in batches by a background task.
+"""Batched writes off the request path: usage records, audit events.
 
 `submit()` is what the request path calls: synchronous, O(1), never blocks, never raises. Records
 wait in a bounded buffer; the writer inserts them with one statement per batch. When the database
@@ -13,35 +13,16 @@ import contextlib
 import logging
 import time
 from collections import deque
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
+from typing import Protocol
 
 from meshgate.store.database import Database
 
 log = logging.getLogger("meshgate.store")
 
-INSERT = (
-    "INSERT INTO request_log (id, ts, endpoint, model, status, latency_ms, ttft_ms, prompt_tokens, "
-    "completion_tokens, stream, error_kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
-)
 
-
-@dataclass(frozen=True)
-class RequestRecord:
-    id: str
-    ts: float
-    endpoint: str
-    model: str
-    status: int
-    latency_ms: float
-    ttft_ms: float | None
-    prompt_tokens: int
-    completion_tokens: int
-    stream: bool
-    error_kind: str | None
-
-    def row(self) -> tuple[object, ...]:
-        values = astuple(self)
-        return (*values[:9], int(self.stream), self.error_kind)
+class Record(Protocol):
+    def row(self) -> tuple[object, ...]: ...
 
 
 @dataclass
@@ -52,22 +33,26 @@ class WriterStats:
     queue_depth: int = 0
 
 
-class RequestLogWriter:
+class BatchWriter:
     def __init__(
         self,
         db: Database,
+        insert_sql: str,
         *,
+        name: str = "records",
         max_queue: int = 10_000,
         batch_size: int = 500,
         flush_interval: float = 0.5,
         retry_backoff: tuple[float, float] = (0.5, 30.0),
     ) -> None:
         self.db = db
+        self.insert_sql = insert_sql
+        self.name = name
         self.max_queue = max_queue
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.backoff_min, self.backoff_max = retry_backoff
-        self._buffer: deque[RequestRecord] = deque()
+        self._buffer: deque[Record] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -79,7 +64,7 @@ class RequestLogWriter:
         self._stats.queue_depth = len(self._buffer)
         return self._stats
 
-    def submit(self, record: RequestRecord) -> bool:
+    def submit(self, record: Record) -> bool:
         if len(self._buffer) >= self.max_queue:
             self._stats.dropped += 1
             return False
@@ -89,7 +74,7 @@ class RequestLogWriter:
         return True
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="request-log-writer")
+        self._task = asyncio.create_task(self._run(), name=f"{self.name}-writer")
 
     async def _write_batch(self) -> bool:
         """Write the oldest batch; True on success. On failure the records stay buffered."""
@@ -97,10 +82,10 @@ class RequestLogWriter:
         if not batch:
             return True
         try:
-            await self.db.executemany(INSERT, [r.row() for r in batch])
+            await self.db.executemany(self.insert_sql, [r.row() for r in batch])
         except Exception as exc:
             self._stats.failed_batches += 1
-            log.warning("request log: writing %d records failed (%s); will retry", len(batch), type(exc).__name__)
+            log.warning("%s: writing %d records failed (%s); will retry", self.name, len(batch), type(exc).__name__)
             return False
         for _ in batch:
             self._buffer.popleft()
@@ -143,4 +128,4 @@ class RequestLogWriter:
                 await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
                 delay = min(delay * 2, self.backoff_max)
         if self._buffer:
-            log.error("request log: %d records could not be written before shutdown", len(self._buffer))
+            log.error("%s: %d records could not be written before shutdown", self.name, len(self._buffer))
