@@ -26,12 +26,13 @@ def register_providers(register: Callable[[ProviderType], None]) -> None:
 
 @hookimpl
 def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) -> None:
-    from meshgate.control.steps import AuthorizeModel, RateLimit
+    from meshgate.control.steps import AuthorizeModel, Budget, RateLimit
     from meshgate.gateway.capabilities import CapabilityCheck
     from meshgate.observe.usage import UsageStep
 
     register(AuthorizeModel())
     register(RateLimit(runtime.limiter))
+    register(Budget(runtime.ledger))
     register(CapabilityCheck())
     if runtime.usage is not None:
         register(UsageStep(runtime.usage))

@@ -121,6 +121,15 @@ class RateLimited(RetryLater):
     kind = "rate_limited"
 
 
+class BudgetExceeded(RetryLater):
+    """A key's or team's budget for the period is spent (429, like OpenAI's insufficient_quota)."""
+
+    status = 429
+    type = "insufficient_quota"
+    default_code = "budget_exceeded"
+    kind = "budget_exceeded"
+
+
 class UpstreamError(MeshError):
     """The upstream model failed or answered with something we cannot use (502)."""
 

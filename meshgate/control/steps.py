@@ -1,13 +1,15 @@
-"""The control steps of the call pipeline: authorize the model, then reserve rate limits."""
+"""The control steps of the call pipeline: authorize the model, reserve rate limits and budget."""
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 
+from meshgate.control.budget import NANO, BudgetLedger, BudgetRefusal, BudgetScope, Reservation, to_nano
 from meshgate.control.policy import Policy, Principal
 from meshgate.control.ratelimit import Decision, RateLimiter, Scope
-from meshgate.errors import RateLimited
+from meshgate.errors import BudgetExceeded, RateLimited
 from meshgate.gateway.pipeline import ORDER_AUTHORIZE, ORDER_LIMITS, Call, Step
 from meshgate.protocol import ChatCompletionRequest, message_text
 
@@ -17,8 +19,8 @@ log = logging.getLogger("meshgate.control")
 DEFAULT_OUTPUT_ESTIMATE = 4096
 
 
-def worst_case_tokens(call: Call) -> int:
-    """An upper bound on the tokens a call can use, known before it runs.
+def worst_case(call: Call) -> tuple[int, int]:
+    """Upper bounds on a call's (prompt, completion) tokens, known before it runs.
 
     A token is at least one byte of UTF-8 for the tokenizers in use, so the prompt's byte length
     bounds its tokens (plus a few per message for the chat template)."""
@@ -28,9 +30,13 @@ def worst_case_tokens(call: Call) -> int:
         prompt = sum(len(message_text(m.content).encode()) + 8 for m in request.messages)
         profile = call.model.profile
         output = request.output_limit or profile.max_output_tokens or profile.context_window
-        return prompt + (output or DEFAULT_OUTPUT_ESTIMATE)
+        return prompt, output or DEFAULT_OUTPUT_ESTIMATE
     inputs = request.inputs()
-    return sum(len(item.encode()) + 2 if isinstance(item, str) else len(item) for item in inputs)
+    return sum(len(item.encode()) + 2 if isinstance(item, str) else len(item) for item in inputs), 0
+
+
+def worst_case_tokens(call: Call) -> int:
+    return sum(worst_case(call))
 
 
 class AuthorizeModel(Step):
@@ -92,3 +98,54 @@ class RateLimit(Step):
             await self.limiter.adjust(scopes, decision.window, used - estimate)
         except Exception as exc:  # the limit errs on the safe side (over-counted) until the window ends
             log.warning("rate limit: correcting the token charge failed (%s)", type(exc).__name__)
+
+
+def budget_scopes(principal: Principal) -> list[BudgetScope]:
+    scopes = []
+    key, team = principal.key_limits, principal.team_limits
+    if key.budget_usd is not None and key.budget_period:
+        scopes.append(BudgetScope("key", principal.key_id, key.budget_usd, key.budget_period))
+    if team.budget_usd is not None and team.budget_period:
+        scopes.append(BudgetScope("team", principal.team, team.budget_usd, team.budget_period))
+    return scopes
+
+
+class Budget(Step):
+    """Reserve the worst-case cost before the call; settle the real cost after it."""
+
+    name = "budget"
+    order = ORDER_LIMITS + 50
+
+    def __init__(self, ledger: BudgetLedger) -> None:
+        self.ledger = ledger
+
+    async def before(self, call: Call) -> None:
+        scopes = budget_scopes(call.principal)
+        if not scopes:
+            return
+        assert call.model is not None
+        price = call.model.config.price
+        if not (price.input or price.output):
+            return  # free models (local ones) cannot spend a budget
+        prompt, output = worst_case(call)
+        amount = to_nano((prompt * price.input + output * price.output) / 1_000_000)
+        outcome = await self.ledger.reserve(scopes, amount)
+        if isinstance(outcome, BudgetRefusal):
+            scope = outcome.scope
+            wait = max(1, math.ceil(outcome.reset_at - time.time()))
+            raise BudgetExceeded(
+                f"The {scope.kind} `{scope.name}` has spent ${outcome.spent_usd:.4f} of its "
+                f"${scope.limit_usd:g} {scope.period}ly budget; this request could cost up to "
+                f"${amount / NANO:.4f}. The budget renews in {wait}s.",
+                retry_after=wait,
+            )
+        call.notes["budget"] = outcome
+
+    async def after(self, call: Call) -> None:
+        reservation: Reservation | None = call.notes.get("budget")
+        if reservation is None:
+            return
+        try:
+            await self.ledger.settle(reservation, to_nano(call.cost_usd))
+        except Exception as exc:  # the reservation stays counted: errs on the side of the budget
+            log.warning("budget: settling failed (%s)", type(exc).__name__)

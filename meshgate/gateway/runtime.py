@@ -13,6 +13,7 @@ from typing import Any
 import pluggy
 
 from meshgate.config import MeshConfig
+from meshgate.control.budget import BudgetLedger, BudgetScope, MemoryLedger, RedisLedger
 from meshgate.control.policy import KeyStore, Policy
 from meshgate.control.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from meshgate.control.service import ControlService
@@ -47,6 +48,7 @@ class Runtime:
         self.keys: KeyStore | None = None
         self.policy = Policy(None)
         self.limiter: RateLimiter = MemoryLimiter()
+        self.ledger: BudgetLedger = MemoryLedger(self._spent_since)
         self.pipeline = Pipeline(self.models, [])
         self._started: list[Model] = []
 
@@ -73,6 +75,7 @@ class Runtime:
                 await redis_limiter.close()
                 raise RuntimeError(f"redis_url: cannot reach Redis at {redact(self.settings.redis_url)}")
             self.limiter = redis_limiter
+            self.ledger = RedisLedger(self._spent_since, self.settings.redis_url)
 
         steps: list[Step] = []
         self.plugins.hook.register_pipeline_steps(register=steps.append, runtime=self)
@@ -106,10 +109,23 @@ class Runtime:
         if self.keys is not None:
             await self.keys.stop()
         await self.limiter.close()
+        await self.ledger.close()
         if self.usage is not None:
             await self.usage.stop()
         if self.db is not None:
             await self.db.close()
+
+    async def _spent_since(self, scope: BudgetScope, since: float) -> float:
+        """USD a key or team spent since `since`, from recorded usage (read once per period)."""
+        assert self.db is not None
+        if self.usage is not None:
+            await self.usage.flush()
+        column = "key_id" if scope.kind == "key" else "team"
+        row = await self.db.fetchone(
+            f"SELECT COALESCE(SUM(cost_usd), 0) AS spent FROM usage WHERE {column} = ? AND ts >= ?",
+            (scope.name, since),
+        )
+        return float(row["spent"]) if row else 0.0
 
     async def readiness(self) -> dict[str, Any]:
         checks: dict[str, Any] = {f"model:{name}": model.ready() for name, model in self.models.items()}

@@ -1,0 +1,201 @@
+"""Budgets in USD per key and per team, per day, week or month (UTC).
+
+Before a call, its worst-case cost is reserved in every budget it falls under, atomically and all
+or nothing; after it, the reservation is replaced by the real cost (a failed call releases what it
+did not use). Since a call never costs more than its worst case, concurrent calls cannot overshoot
+a budget.
+
+Amounts are integers of nano-dollars, so that counters add exactly. Each budget's spend starts,
+the first time a process sees it in a period, from the usage already recorded in the database.
+`MemoryLedger` serves one process; `RedisLedger` is shared by replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+NANO = 1_000_000_000
+
+#: Reads the USD already spent in a scope since a time: (scope, since) -> USD.
+SpentSince = Callable[["BudgetScope", float], Awaitable[float]]
+
+
+def to_nano(usd: float) -> int:
+    return round(usd * NANO)
+
+
+def period_bounds(period: str, now: datetime | None = None) -> tuple[str, float, float]:
+    """The period's id, start and end (unix seconds) containing `now`."""
+    now = now or datetime.now(UTC)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        start, end, label = day, day + timedelta(days=1), day.strftime("%Y-%m-%d")
+    elif period == "week":
+        start = day - timedelta(days=day.weekday())
+        end = start + timedelta(days=7)
+        year, week, _ = start.isocalendar()
+        label = f"{year}-W{week:02d}"
+    elif period == "month":
+        start = day.replace(day=1)
+        end = (start + timedelta(days=32)).replace(day=1)
+        label = start.strftime("%Y-%m")
+    else:
+        raise ValueError(f"unknown budget period {period!r}")
+    return label, start.timestamp(), end.timestamp()
+
+
+@dataclass(frozen=True)
+class BudgetScope:
+    kind: str  # "key" | "team"
+    name: str  # key id or team name
+    limit_usd: float
+    period: str
+
+    def slot(self, label: str) -> str:
+        return f"{self.kind}:{self.name}:{label}"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    slots: tuple[str, ...]
+    amount: int  # nano-dollars reserved in each slot
+
+
+@dataclass(frozen=True)
+class BudgetRefusal:
+    scope: BudgetScope
+    spent_usd: float
+    reset_at: float
+
+
+class BudgetLedger(ABC):
+    def __init__(self, spent_since: SpentSince) -> None:
+        self.spent_since = spent_since
+
+    @abstractmethod
+    async def reserve(self, scopes: list[BudgetScope], amount: int) -> Reservation | BudgetRefusal: ...
+
+    @abstractmethod
+    async def settle(self, reservation: Reservation, actual: int) -> None: ...
+
+    async def close(self) -> None:
+        return None
+
+
+class MemoryLedger(BudgetLedger):
+    def __init__(self, spent_since: SpentSince) -> None:
+        super().__init__(spent_since)
+        self._spent: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}
+        self._seeding: dict[str, asyncio.Future[None]] = {}
+
+    async def _seed(self, scope: BudgetScope, slot: str, start: float) -> None:
+        if slot in self._spent:
+            return
+        pending = self._seeding.get(slot)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._seeding[slot] = pending
+            try:
+                self._spent[slot] = to_nano(await self.spent_since(scope, start))
+                self._reserved.setdefault(slot, 0)
+                pending.set_result(None)
+            except BaseException as exc:
+                del self._seeding[slot]
+                pending.set_exception(exc)
+                raise
+        await pending
+
+    async def reserve(self, scopes: list[BudgetScope], amount: int) -> Reservation | BudgetRefusal:
+        slots = []
+        for scope in scopes:
+            label, start, _ = period_bounds(scope.period)
+            slot = scope.slot(label)
+            await self._seed(scope, slot, start)
+            slots.append(slot)
+        # From here to the end there is no await: check and charge are one step on the event loop.
+        for scope, slot in zip(scopes, slots, strict=True):
+            if self._spent[slot] + self._reserved[slot] + amount > to_nano(scope.limit_usd):
+                return BudgetRefusal(scope, self._spent[slot] / NANO, period_bounds(scope.period)[2])
+        for slot in slots:
+            self._reserved[slot] += amount
+        return Reservation(tuple(slots), amount)
+
+    async def settle(self, reservation: Reservation, actual: int) -> None:
+        for slot in reservation.slots:
+            self._reserved[slot] = max(self._reserved.get(slot, 0) - reservation.amount, 0)
+            self._spent[slot] = self._spent.get(slot, 0) + actual
+
+    def spent(self, slot: str) -> int:
+        return self._spent.get(slot, 0)
+
+
+# KEYS: one hash per slot (fields spent, reserved). ARGV: amount, ttl, then per slot: limit, seed.
+# A slot seen for the first time starts from its seed (usage already in the database).
+_RESERVE = """
+local amount = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  if redis.call('HSETNX', KEYS[i], 'spent', ARGV[2 + 2 * i]) == 1 then
+    redis.call('HSET', KEYS[i], 'reserved', 0)
+    redis.call('EXPIRE', KEYS[i], ttl)
+  end
+end
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[1 + 2 * i])
+  local spent = tonumber(redis.call('HGET', KEYS[i], 'spent'))
+  local reserved = tonumber(redis.call('HGET', KEYS[i], 'reserved') or '0')
+  if spent + reserved + amount > limit then return {0, i, spent} end
+end
+for i = 1, #KEYS do redis.call('HINCRBY', KEYS[i], 'reserved', amount) end
+return {1}
+"""
+
+_SETTLE = """
+for i = 1, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[1]))
+  redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[2]))
+end
+return 1
+"""
+
+
+class RedisLedger(BudgetLedger):
+    def __init__(self, spent_since: SpentSince, url: str, prefix: str = "meshgate:budget") -> None:
+        super().__init__(spent_since)
+        import redis.asyncio as redis
+
+        self._redis: Any = redis.from_url(url)
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._settle = self._redis.register_script(_SETTLE)
+        self.prefix = prefix
+
+    async def reserve(self, scopes: list[BudgetScope], amount: int) -> Reservation | BudgetRefusal:
+        keys: list[str] = []
+        args: list[int] = [amount, 0]
+        longest = 0.0
+        for scope in scopes:
+            label, start, end = period_bounds(scope.period)
+            key = f"{self.prefix}:{scope.slot(label)}"
+            keys.append(key)
+            # The seed is read only while the slot is new to Redis: a cheap EXISTS saves the query.
+            seed = 0 if await self._redis.exists(key) else to_nano(await self.spent_since(scope, start))
+            args += [to_nano(scope.limit_usd), seed]
+            longest = max(longest, end - start)
+        args[1] = int(longest) + 86400
+        result = await self._reserve(keys=keys, args=args)
+        if int(result[0]) == 0:
+            scope = scopes[int(result[1]) - 1]
+            return BudgetRefusal(scope, int(result[2]) / NANO, period_bounds(scope.period)[2])
+        return Reservation(tuple(keys), amount)
+
+    async def settle(self, reservation: Reservation, actual: int) -> None:
+        await self._settle(keys=list(reservation.slots), args=[reservation.amount, actual])
+
+    async def close(self) -> None:
+        await self._redis.aclose()
