@@ -18,6 +18,7 @@ from meshgate.api.responses import error_response, unexpected_error
 from meshgate.control.middleware import AuthMiddleware
 from meshgate.errors import MeshError, MethodNotAllowed, RouteNotFound
 from meshgate.gateway.runtime import Runtime
+from meshgate.observe import metrics
 from meshgate.observe.counters import Counters
 
 log = logging.getLogger("meshgate.api")
@@ -60,7 +61,7 @@ class RequestIdMiddleware:
 
 def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     """The ASGI app. With `manage_runtime`, its lifespan starts and stops the runtime."""
-    counters = Counters()
+    counters = runtime.counters
 
     async def on_mesh_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, MeshError)
@@ -98,7 +99,7 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
                 await runtime.stop()
 
     app = Starlette(
-        routes=[*openai.ROUTES, *admin.ROUTES, *health.ROUTES, *openapi.ROUTES],
+        routes=[*openai.ROUTES, *admin.ROUTES, *metrics.ROUTES, *health.ROUTES, *openapi.ROUTES],
         exception_handlers={MeshError: on_mesh_error, HTTPException: on_http_error},
         lifespan=lifespan,
     )

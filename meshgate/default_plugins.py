@@ -28,8 +28,10 @@ def register_providers(register: Callable[[ProviderType], None]) -> None:
 def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) -> None:
     from meshgate.control.steps import AuthorizeModel, Budget, RateLimit
     from meshgate.gateway.capabilities import CapabilityCheck
+    from meshgate.observe.metrics import MetricsStep
     from meshgate.observe.usage import UsageStep
 
+    register(MetricsStep(runtime.metrics))
     register(AuthorizeModel())
     register(RateLimit(runtime.limiter))
     register(Budget(runtime.ledger))

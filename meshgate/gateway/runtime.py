@@ -18,6 +18,8 @@ from meshgate.control.policy import KeyStore, Policy
 from meshgate.control.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from meshgate.control.service import ControlService
 from meshgate.gateway.pipeline import Pipeline, Step
+from meshgate.observe.counters import Counters
+from meshgate.observe.metrics import Metrics, RuntimeCollector
 from meshgate.providers.base import Model, ProviderContext, ProviderType
 from meshgate.settings import ServerSettings
 from meshgate.store import INSERT_USAGE, BatchWriter, Database, connect, migrate
@@ -49,6 +51,9 @@ class Runtime:
         self.policy = Policy(None)
         self.limiter: RateLimiter = MemoryLimiter()
         self.ledger: BudgetLedger = MemoryLedger(self._spent_since)
+        self.counters = Counters()
+        self.metrics = Metrics()
+        self.metrics.registry.register(RuntimeCollector(self))
         self.pipeline = Pipeline(self.models, [])
         self._started: list[Model] = []
 
