@@ -28,6 +28,7 @@ def register_providers(register: Callable[[ProviderType], None]) -> None:
 def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) -> None:
     from meshgate.control.steps import AuthorizeModel, Budget, RateLimit
     from meshgate.gateway.capabilities import CapabilityCheck
+    from meshgate.observe.audit_step import AuditStep
     from meshgate.observe.metrics import MetricsStep
     from meshgate.observe.usage import UsageStep
 
@@ -38,3 +39,5 @@ def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) 
     register(CapabilityCheck())
     if runtime.usage is not None:
         register(UsageStep(runtime.usage))
+    if runtime.audit_writer is not None:
+        register(AuditStep(runtime.audit_writer, runtime.settings.audit_content))

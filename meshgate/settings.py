@@ -46,6 +46,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shutdown_timeout", float, 30.0, "Seconds to let in-flight requests finish on SIGINT/SIGTERM."),
     Setting("auth", bool, True, "Require API keys; `--no-auth` is allowed only on a loopback host."),
     Setting("redis_url", str, "", "Redis for rate limits shared by several replicas (`redis://host:6379/0`)."),
+    Setting("audit_content", str, "off", "Prompts and responses in the audit log: off, redacted or full."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
     Setting("access_log", bool, False, "Log one line per HTTP request."),
 )
@@ -80,6 +81,7 @@ class ServerSettings:
     shutdown_timeout: float
     auth: bool
     redis_url: str
+    audit_content: str
     log_level: str
     access_log: bool
 
@@ -111,6 +113,8 @@ def resolve_settings(
         raise ConfigError(f"port: {values['port']} is not a valid TCP port")
     if values["max_body_bytes"] < 1024:
         raise ConfigError("max_body_bytes: must be at least 1024")
+    if values["audit_content"] not in ("off", "redacted", "full"):
+        raise ConfigError(f"audit_content: {values['audit_content']!r} is not one of off, redacted, full")
     if values["log_level"] not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: {values['log_level']!r} is not one of debug, info, warning, error")
     if not values["auth"] and values["host"] not in LOOPBACK:

@@ -59,9 +59,11 @@ def _runtime(request: Request) -> Runtime:
 
 
 def _service(request: Request) -> ControlService:
+    """The control service, acting as the calling key (for the audit log)."""
     service = _runtime(request).control
     assert service is not None
-    return service
+    principal = getattr(request.state, "principal", None)
+    return service.acting_as(principal.key_id if principal is not None else "anonymous")
 
 
 async def _changed(request: Request) -> None:

@@ -16,6 +16,7 @@ import click
 from meshgate.control.records import PERIODS, KeyRecord, Limits, TeamRecord
 from meshgate.control.service import ControlService
 from meshgate.errors import ConfigError, MeshError
+from meshgate.observe.audit import AuditLog, Signer, export, verify
 from meshgate.observe.usage_report import GROUPS, parse_since, usage_report
 from meshgate.settings import SETTINGS_BY_NAME, ServerSettings
 
@@ -72,7 +73,8 @@ def run_with_service(
         db = await connect(settings.resolved_database_url)
         try:
             await migrate(db)
-            return await work(ControlService(db))
+            audit = AuditLog(db, Signer.load(settings.data_dir))
+            return await work(ControlService(db, audit, actor="cli"))
         finally:
             await db.close()
 
@@ -249,6 +251,50 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
             click.echo(out.getvalue().rstrip())
         else:
             click.echo(_table(rows, columns))
+
+    @cli.group()
+    def audit() -> None:
+        """Verify and export the tamper-evident audit log."""
+
+    @audit.command("verify")
+    @store_options
+    def audit_verify(config_path: str | None, **store: Any) -> None:
+        """Check every record's hash chain and the signed checkpoints; exit 1 at the first bad record."""
+
+        async def check(service: ControlService) -> Any:
+            assert service.audit is not None
+            return await verify(service.db, service.audit.signer)
+
+        verdict = run_with_service(load, config_path, store, check)
+        if verdict.ok:
+            click.echo(f"ok: {verdict.checked} records, chain and signed checkpoints intact")
+            return
+        click.echo(
+            f"TAMPERED at record {verdict.bad_seq}: {verdict.reason} ({verdict.checked} records before it are intact)",
+            err=True,
+        )
+        raise SystemExit(1)
+
+    @audit.command("export")
+    @store_options
+    @click.option("--since", default=None, help="7d, 24h, 30m or an ISO date (default: everything).")
+    @click.option("--output", "-o", type=click.File("w"), default="-", help="File to write (default: stdout).")
+    def audit_export(config_path: str | None, since: str | None, output: Any, **store: Any) -> None:
+        """Write the audit log as JSON Lines, one record per line."""
+        try:
+            start = parse_since(since)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+        async def dump(service: ControlService) -> int:
+            count = 0
+            async for record in export(service.db, start):
+                output.write(json.dumps(record, sort_keys=True) + "\n")
+                count += 1
+            return count
+
+        count = run_with_service(load, config_path, store, dump)
+        click.echo(f"# exported {count} records", err=True)
 
     @cli.group()
     def teams() -> None:

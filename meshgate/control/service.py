@@ -8,9 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from meshgate.control.grants import ROLES, Grant
+from meshgate.control.grants import ROLES
 from meshgate.control.records import PERIODS, KeyRecord, Limits, TeamRecord, hash_key, new_key, new_key_id
 from meshgate.errors import InvalidRequest, MeshError
+from meshgate.observe.audit import AuditEvent, AuditLog
 from meshgate.store import Database, Queries
 
 
@@ -53,8 +54,17 @@ def check_models(models: tuple[str, ...]) -> tuple[str, ...]:
 
 
 class ControlService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, audit: AuditLog | None = None, actor: str = "cli") -> None:
         self.db = db
+        self.audit = audit
+        self.actor = actor
+
+    def acting_as(self, actor: str) -> ControlService:
+        return ControlService(self.db, self.audit, actor)
+
+    async def _audit(self, event: str, subject: str, detail: dict[str, Any]) -> None:
+        if self.audit is not None:
+            await self.audit.record(AuditEvent(event, self.actor, subject, detail))
 
     @staticmethod
     async def _bump(tx: Queries) -> None:
@@ -89,7 +99,9 @@ class ControlService:
                 ),
             )
             await self._bump(tx)
-        return await self.get_team(name)
+        team = await self.get_team(name)
+        await self._audit("team.created", name, _team_detail(team))
+        return team
 
     async def update_team(self, name: str, changes: dict[str, Any]) -> TeamRecord:
         current = await self.get_team(name)
@@ -116,7 +128,9 @@ class ControlService:
                 ),
             )
             await self._bump(tx)
-        return await self.get_team(name)
+        team = await self.get_team(name)
+        await self._audit("team.updated", name, {"changes": sorted(changes), **_team_detail(team)})
+        return team
 
     async def get_team(self, name: str) -> TeamRecord:
         row = await self.db.fetchone("SELECT * FROM teams WHERE name = ?", (name,))
@@ -177,7 +191,9 @@ class ControlService:
                 ),
             )
             await self._bump(tx)
-        return CreatedKey(key=key, record=await self.get_key(key_id))
+        record = await self.get_key(key_id)
+        await self._audit("key.created", key_id, _key_detail(record))
+        return CreatedKey(key=key, record=record)
 
     async def get_key(self, id_or_name: str) -> KeyRecord:
         row = await self.db.fetchone("SELECT * FROM api_keys WHERE id = ? OR name = ?", (id_or_name, id_or_name))
@@ -199,6 +215,7 @@ class ControlService:
         async with self.db.transaction() as tx:
             await tx.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (time.time(), record.id))
             await self._bump(tx)
+        await self._audit("key.revoked", record.id, _key_detail(record))
         return await self.get_key(record.id)
 
     async def rotate_key(self, id_or_name: str) -> CreatedKey:
@@ -212,8 +229,23 @@ class ControlService:
                 "UPDATE api_keys SET key_hash = ?, hint = ? WHERE id = ?", (hash_key(key), key[-4:], record.id)
             )
             await self._bump(tx)
+        await self._audit("key.rotated", record.id, _key_detail(record))
         return CreatedKey(key=key, record=await self.get_key(record.id))
 
 
-def role_grants(role: str) -> tuple[Grant, ...]:
-    return ROLES[role]
+def _team_detail(team: TeamRecord) -> dict[str, Any]:
+    limits = team.limits
+    return {
+        "rpm": limits.rpm,
+        "tpm": limits.tpm,
+        "budget_usd": limits.budget_usd,
+        "budget_period": limits.budget_period,
+        "models": list(team.models),
+    }
+
+
+def _key_detail(key: KeyRecord) -> dict[str, Any]:
+    """What the audit log keeps of a key: never its secret or hash."""
+    public = key.public()
+    fields = ("name", "team", "role", "models", "rpm", "tpm", "budget_usd", "budget_period", "expires_at")
+    return {k: public[k] for k in fields}

@@ -60,6 +60,10 @@ class Call:
     response_headers: dict[str, str] = field(default_factory=dict)
     #: Who is calling (a meshgate.control.policy.Principal), set by the auth middleware.
     principal: Any = None
+    #: Names of the steps whose `before` ran, in order; when a step refuses, it is the last one.
+    policies: list[str] = field(default_factory=list)
+    #: The answer's text, kept only when the pipeline captures content (audit content policy).
+    response_text: str | None = None
     #: Free space for steps to hand facts to each other (policy decisions, reservations...).
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -107,8 +111,9 @@ class Step:
 
 
 class Pipeline:
-    def __init__(self, models: Mapping[str, Model], steps: list[Step]) -> None:
+    def __init__(self, models: Mapping[str, Model], steps: list[Step], capture_content: bool = False) -> None:
         self.models = models
+        self.capture_content = capture_content
         self.steps = sorted(steps, key=lambda step: step.order)
         # Steps that actually implement a hook, so the hot path skips empty awaits.
         self._before = [s for s in self.steps if type(s).before is not Step.before]
@@ -136,6 +141,7 @@ class Pipeline:
             model = self._resolve(call, kind)
             call.model = model
             for step in self._before:
+                call.policies.append(step.name)
                 await step.before(call)
             yield model
         except BaseException as exc:
@@ -159,6 +165,9 @@ class Pipeline:
             usage = result.get("usage") or {}
             call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             call.completion_tokens = int(usage.get("completion_tokens") or 0)
+            if self.capture_content:
+                choices = result.get("choices") or [{}]
+                call.response_text = str((choices[0].get("message") or {}).get("content") or "")
             return result
 
     async def stream(self, call: Call) -> AsyncGenerator[dict[str, Any], None]:
@@ -167,10 +176,13 @@ class Pipeline:
         call.stream = True
         async with self._calling(call, ChatModel) as model:
             chunks = model.stream(call.request, call.context())
+            pieces: list[str] | None = [] if self.capture_content else None
             try:
                 async for chunk in chunks:
                     if _has_output(chunk):
                         call.streamed_pieces += 1
+                        if pieces is not None:
+                            pieces.append(str((chunk["choices"][0].get("delta") or {}).get("content") or ""))
                         if call.first_token_at is None:
                             call.first_token_at = time.monotonic()
                     usage = chunk.get("usage")
@@ -180,6 +192,8 @@ class Pipeline:
                     yield chunk
             finally:
                 await chunks.aclose()  # type: ignore[attr-defined]
+                if pieces is not None:
+                    call.response_text = "".join(pieces)
 
     async def embed(self, call: Call, texts: EmbeddingInput) -> Embeddings:
         assert isinstance(call.request, EmbeddingRequest)

@@ -12,12 +12,14 @@ from typing import Any
 
 import pluggy
 
+from meshgate import __version__
 from meshgate.config import MeshConfig
 from meshgate.control.budget import BudgetLedger, BudgetScope, MemoryLedger, RedisLedger
 from meshgate.control.policy import KeyStore, Policy
 from meshgate.control.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from meshgate.control.service import ControlService
 from meshgate.gateway.pipeline import Pipeline, Step
+from meshgate.observe.audit import AuditEvent, AuditLog, AuditWriter, Signer
 from meshgate.observe.counters import Counters
 from meshgate.observe.metrics import Metrics, RuntimeCollector
 from meshgate.providers.base import Model, ProviderContext, ProviderType
@@ -46,6 +48,8 @@ class Runtime:
         }
         self.db: Database | None = None
         self.usage: BatchWriter | None = None
+        self.audit: AuditLog | None = None
+        self.audit_writer: AuditWriter | None = None
         self.control: ControlService | None = None
         self.keys: KeyStore | None = None
         self.policy = Policy(None)
@@ -65,7 +69,10 @@ class Runtime:
             log.info("database migrated: %s", ", ".join(applied))
         self.usage = BatchWriter(self.db, INSERT_USAGE, name="usage")
         await self.usage.start()
-        self.control = ControlService(self.db)
+        self.audit = AuditLog(self.db, Signer.load(self.settings.data_dir))
+        self.audit_writer = AuditWriter(self.audit)
+        await self.audit_writer.start()
+        self.control = ControlService(self.db, self.audit, actor="system")
         if self.settings.auth:
             self.keys = KeyStore(self.control)
             await self.keys.start()
@@ -84,7 +91,7 @@ class Runtime:
 
         steps: list[Step] = []
         self.plugins.hook.register_pipeline_steps(register=steps.append, runtime=self)
-        self.pipeline = Pipeline(self.models, steps)
+        self.pipeline = Pipeline(self.models, steps, capture_content=self.settings.audit_content != "off")
 
         # Models load side by side; a model that fails to load stops startup with its name.
         async def start_model(model: Model) -> None:
@@ -97,6 +104,20 @@ class Runtime:
             log.info("model %s (%s) ready in %.1fs", model.name, model.provider, time.monotonic() - began)
 
         await asyncio.gather(*(start_model(m) for m in self.models.values()))
+        await self.audit.record(
+            AuditEvent(
+                "server.started",
+                "system",
+                self.config.path,
+                {
+                    "version": __version__,
+                    "config": self.config.path,
+                    "models": list(self.models),
+                    "auth": self.settings.auth,
+                    "audit_content": self.settings.audit_content,
+                },
+            )
+        )
         for result in self.plugins.hook.startup(runtime=self):
             if asyncio.iscoroutine(result):
                 await result
@@ -117,6 +138,8 @@ class Runtime:
         await self.ledger.close()
         if self.usage is not None:
             await self.usage.stop()
+        if self.audit_writer is not None:
+            await self.audit_writer.stop()
         if self.db is not None:
             await self.db.close()
 

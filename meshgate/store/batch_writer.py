@@ -82,7 +82,7 @@ class BatchWriter:
         if not batch:
             return True
         try:
-            await self.db.executemany(self.insert_sql, [r.row() for r in batch])
+            await self.write(batch)
         except Exception as exc:
             self._stats.failed_batches += 1
             log.warning("%s: writing %d records failed (%s); will retry", self.name, len(batch), type(exc).__name__)
@@ -91,6 +91,10 @@ class BatchWriter:
             self._buffer.popleft()
         self._stats.written += len(batch)
         return True
+
+    async def write(self, batch: list[Record]) -> None:
+        """Store one batch in one statement. Subclasses that need more (the audit chain) override it."""
+        await self.db.executemany(self.insert_sql, [r.row() for r in batch])
 
     async def flush(self) -> bool:
         """Write everything buffered now; False if the database refused."""

@@ -44,8 +44,9 @@ class Database(Queries):
         """`async with db.transaction() as tx:` commits at exit, rolls back on an exception."""
 
     @abstractmethod
-    def lock_for_migrations(self) -> AbstractAsyncContextManager[Queries]:
-        """A transaction that holds a lock no other process can take at the same time."""
+    def exclusive(self, lock: str) -> AbstractAsyncContextManager[Queries]:
+        """A transaction holding the named lock: no other process holds it at the same time
+        (migrations; appending to the audit chain)."""
 
     @abstractmethod
     async def ping(self) -> bool:

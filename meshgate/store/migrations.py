@@ -106,6 +106,29 @@ MIGRATIONS: list[Migration] = [
             "DROP TABLE request_log",
         ),
     ),
+    Migration(
+        "0004_audit",
+        (
+            """CREATE TABLE audit_log (
+                seq BIGINT PRIMARY KEY,
+                ts DOUBLE PRECISION NOT NULL,
+                event TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                content TEXT,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL
+            )""",
+            "CREATE INDEX audit_log_ts ON audit_log (ts)",
+            """CREATE TABLE audit_checkpoints (
+                seq BIGINT PRIMARY KEY,
+                hash TEXT NOT NULL,
+                ts DOUBLE PRECISION NOT NULL,
+                signature TEXT NOT NULL
+            )""",
+        ),
+    ),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS meshgate_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
@@ -115,7 +138,7 @@ async def migrate(db: Database, migrations: list[Migration] | None = None) -> li
     """Apply the steps not yet recorded; returns the names applied (empty when up to date)."""
     steps = MIGRATIONS if migrations is None else migrations
     applied: list[str] = []
-    async with db.lock_for_migrations() as tx:
+    async with db.exclusive("migrations") as tx:
         await tx.execute(_TABLE)
         done = {row["name"] for row in await tx.fetchall("SELECT name FROM meshgate_migrations")}
         for step in steps:

@@ -7,6 +7,7 @@ several installations or test runs can share one database.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -19,8 +20,10 @@ import asyncpg
 from meshgate.errors import ConfigError
 from meshgate.store.database import Database, Params, Queries, Row, redact
 
-#: Any fixed number works: it names meshgate's migration lock among other advisory locks.
-MIGRATION_LOCK_ID = 0x6D657368
+
+def lock_id(name: str) -> int:
+    """A stable 63-bit advisory-lock number for a lock name."""
+    return int.from_bytes(hashlib.sha256(f"meshgate:{name}".encode()).digest()[:8], "big") >> 1
 
 
 @lru_cache(maxsize=1024)
@@ -102,17 +105,17 @@ class PostgresDatabase(Database):
         return [dict(r) for r in await self._pool.fetch(to_dollar_params(sql), *params)]
 
     @asynccontextmanager
-    async def _transaction(self, lock: bool) -> AsyncIterator[Queries]:
+    async def _transaction(self, lock: str | None) -> AsyncIterator[Queries]:
         async with self._pool.acquire() as conn, conn.transaction():
-            if lock:
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+            if lock is not None:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_id(lock))
             yield _On(conn)
 
     def transaction(self) -> AbstractAsyncContextManager[Queries]:
-        return self._transaction(lock=False)
+        return self._transaction(None)
 
-    def lock_for_migrations(self) -> AbstractAsyncContextManager[Queries]:
-        return self._transaction(lock=True)
+    def exclusive(self, lock: str) -> AbstractAsyncContextManager[Queries]:
+        return self._transaction(lock)
 
     async def ping(self) -> bool:
         try:

@@ -117,8 +117,9 @@ class SQLiteDatabase(Database):
     def transaction(self) -> AbstractAsyncContextManager[Queries]:
         return self._transaction("BEGIN")
 
-    def lock_for_migrations(self) -> AbstractAsyncContextManager[Queries]:
-        # BEGIN IMMEDIATE takes SQLite's write lock at once: a second process waits (busy_timeout).
+    def exclusive(self, lock: str) -> AbstractAsyncContextManager[Queries]:
+        # BEGIN IMMEDIATE takes SQLite's one write lock at once (whatever the name): a second
+        # process waits for it (busy_timeout).
         return self._transaction("BEGIN IMMEDIATE")
 
     async def ping(self) -> bool:

@@ -249,7 +249,7 @@ class FlakyDatabase(Database):
     def transaction(self):  # type: ignore[no-untyped-def]
         raise NotImplementedError
 
-    def lock_for_migrations(self):  # type: ignore[no-untyped-def]
+    def exclusive(self, lock):  # type: ignore[no-untyped-def]
         raise NotImplementedError
 
     async def ping(self) -> bool:
