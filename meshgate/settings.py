@@ -46,6 +46,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shutdown_timeout", float, 30.0, "Seconds to let in-flight requests finish on SIGINT/SIGTERM."),
     Setting("auth", bool, True, "Require API keys; `--no-auth` is allowed only on a loopback host."),
     Setting("redis_url", str, "", "Redis for rate limits shared by several replicas (`redis://host:6379/0`)."),
+    Setting("oidc_jwks", str, "", "JWKS (file path or URL) to accept OIDC/JWT bearer tokens besides keys."),
+    Setting("oidc_issuer", str, "", "Required `iss` of OIDC tokens."),
+    Setting("oidc_audience", str, "", "Required `aud` of OIDC tokens."),
+    Setting("oidc_team_claim", str, "team", "The token claim that names the caller's team."),
+    Setting("oidc_roles_claim", str, "roles", "The token claim with the caller's roles (admin, developer, app)."),
     Setting("audit_content", str, "off", "Prompts and responses in the audit log: off, redacted or full."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
     Setting("access_log", bool, False, "Log one line per HTTP request."),
@@ -81,6 +86,11 @@ class ServerSettings:
     shutdown_timeout: float
     auth: bool
     redis_url: str
+    oidc_jwks: str
+    oidc_issuer: str
+    oidc_audience: str
+    oidc_team_claim: str
+    oidc_roles_claim: str
     audit_content: str
     log_level: str
     access_log: bool

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meshgate.control.grants import ROLES, Grant, allowed, matches_any
+from meshgate.control.oidc import InvalidToken, OidcVerifier, looks_like_jwt
 from meshgate.control.records import KeyRecord, Limits, TeamRecord, hash_key
 from meshgate.control.service import ControlService
 from meshgate.errors import MeshError
@@ -123,9 +124,10 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 
 
 class Policy:
-    def __init__(self, keys: KeyStore | None) -> None:
+    def __init__(self, keys: KeyStore | None, oidc: OidcVerifier | None = None) -> None:
         """`keys=None` switches authentication off: every caller is ANONYMOUS."""
         self.keys = keys
+        self.oidc = oidc
 
     @property
     def enabled(self) -> bool:
@@ -139,6 +141,8 @@ class Policy:
             raise AuthenticationError(
                 "You didn't provide an API key. Send it as `Authorization: Bearer mg-...` or `x-api-key`."
             )
+        if self.oidc is not None and looks_like_jwt(token):
+            return self._token_principal(token)
         digest = hash_key(token)
         found = self.keys.by_hash.get(digest)
         # One message for unknown, wrong, revoked and expired keys: a caller learns nothing from it.
@@ -149,6 +153,24 @@ class Policy:
         if principal.expires_at is not None and principal.expires_at <= time.time():
             raise refused
         return principal
+
+    def _token_principal(self, token: str) -> Principal:
+        assert self.oidc is not None and self.keys is not None
+        try:
+            subject, team_name, role = self.oidc.verify(token)
+        except InvalidToken as exc:
+            log.info("oidc: token refused: %s", exc)
+            raise AuthenticationError("Incorrect API key provided.") from None
+        team = self.keys.teams.get(team_name)
+        return Principal(
+            key_id=f"oidc:{subject}",
+            key_name=subject,
+            team=team_name,
+            role=role,
+            grants=ROLES[role],
+            team_models=team.models if team else (),
+            team_limits=team.limits if team else Limits(),
+        )
 
     @staticmethod
     def authorize(principal: Principal, object_type: str, name: str, action: str = "use") -> None:

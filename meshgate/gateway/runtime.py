@@ -15,6 +15,7 @@ import pluggy
 from meshgate import __version__
 from meshgate.config import MeshConfig
 from meshgate.control.budget import BudgetLedger, BudgetScope, MemoryLedger, RedisLedger
+from meshgate.control.oidc import OidcVerifier
 from meshgate.control.policy import KeyStore, Policy
 from meshgate.control.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from meshgate.control.service import ControlService
@@ -52,6 +53,7 @@ class Runtime:
         self.audit_writer: AuditWriter | None = None
         self.control: ControlService | None = None
         self.keys: KeyStore | None = None
+        self.oidc: OidcVerifier | None = None
         self.policy = Policy(None)
         self.limiter: RateLimiter = MemoryLimiter()
         self.ledger: BudgetLedger = MemoryLedger(self._spent_since)
@@ -80,7 +82,11 @@ class Runtime:
             log.warning(
                 "authentication is OFF (--no-auth): anyone who can reach %s may call every model", self.settings.host
             )
-        self.policy = Policy(self.keys)
+        if self.settings.oidc_jwks and self.keys is not None:
+            s = self.settings
+            self.oidc = OidcVerifier(s.oidc_jwks, s.oidc_issuer, s.oidc_audience, s.oidc_team_claim, s.oidc_roles_claim)
+            await self.oidc.start()
+        self.policy = Policy(self.keys, self.oidc)
         if self.settings.redis_url:
             redis_limiter = RedisLimiter(self.settings.redis_url)
             if not await redis_limiter.ping():
@@ -134,6 +140,8 @@ class Runtime:
         self._started.clear()
         if self.keys is not None:
             await self.keys.stop()
+        if self.oidc is not None:
+            await self.oidc.stop()
         await self.limiter.close()
         await self.ledger.close()
         if self.usage is not None:
