@@ -33,6 +33,10 @@ def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) 
     from meshgate.observe.usage import UsageStep
 
     register(MetricsStep(runtime.metrics))
+    if runtime.tracing is not None:
+        from meshgate.observe.tracing import TracingStep
+
+        register(TracingStep(runtime.tracing))
     register(AuthorizeModel())
     register(RateLimit(runtime.limiter))
     register(Budget(runtime.ledger))

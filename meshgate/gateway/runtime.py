@@ -23,6 +23,7 @@ from meshgate.gateway.pipeline import Pipeline, Step
 from meshgate.observe.audit import AuditEvent, AuditLog, AuditWriter, Signer
 from meshgate.observe.counters import Counters
 from meshgate.observe.metrics import Metrics, RuntimeCollector
+from meshgate.observe.tracing import Tracing
 from meshgate.providers.base import Model, ProviderContext, ProviderType
 from meshgate.settings import ServerSettings
 from meshgate.store import INSERT_USAGE, BatchWriter, Database, connect, migrate
@@ -59,6 +60,7 @@ class Runtime:
         self.ledger: BudgetLedger = MemoryLedger(self._spent_since)
         self.counters = Counters()
         self.metrics = Metrics()
+        self.tracing = Tracing.from_env()
         self.metrics.registry.register(RuntimeCollector(self))
         self.pipeline = Pipeline(self.models, [])
         self._started: list[Model] = []
@@ -142,6 +144,8 @@ class Runtime:
             await self.keys.stop()
         if self.oidc is not None:
             await self.oidc.stop()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
         await self.limiter.close()
         await self.ledger.close()
         if self.usage is not None:
