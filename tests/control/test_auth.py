@@ -16,24 +16,36 @@ from meshgate.settings import resolve_settings
 from meshgate.testing.fake_openai import FakeOpenAI
 from tests.conftest import AppClient, make_runtime, upstream_models_yaml
 from tests.control.test_ratelimit import fresh_window
+from tests.store.test_database_contract import _drop_schema as drop_schema
+from tests.store.test_database_contract import _pg_url as pg_url
 from tests.test_api_errors import assert_openai_error
 
 CHAT = "/v1/chat/completions"
 HELLO = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
 
 
-@pytest.fixture(scope="module")
-async def mesh(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeOpenAI) -> AsyncIterator[AppClient]:
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def mesh(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeOpenAI
+) -> AsyncIterator[AppClient]:
+    """The control suite runs once on SQLite and once on PostgreSQL (a schema of its own)."""
     yaml = upstream_models_yaml(fake_upstream.base_url).replace(
         "  - name: slow\n",
         "  - name: limited\n    provider: openai-compatible\n    model: echo\n"
         f"    base_url: {fake_upstream.base_url}\n    api_key: ${{TEST_UPSTREAM_KEY}}\n    rpm: 3\n  - name: slow\n",
     )
-    runtime = make_runtime(tmp_path_factory.mktemp("auth"), yaml)
+    database: dict[str, str] = {}
+    schema = None
+    if request.param == "postgresql":
+        url, schema = await pg_url()
+        database["database_url"] = url
+    runtime = make_runtime(tmp_path_factory.mktemp("auth"), yaml, **database)
     client = await AppClient.started(runtime)
     yield client
     await client.http.aclose()
     await runtime.stop()
+    if schema is not None:
+        await drop_schema(schema)
 
 
 async def new_key(mesh: AppClient, **kwargs: object) -> str:
