@@ -5,44 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
 import yaml
 
 from meshgate import __version__
+from meshgate.cli_options import settings_options
 from meshgate.config import describe_config, load_config
 from meshgate.errors import ConfigError
 from meshgate.plugins import make_plugin_manager, provider_types
-from meshgate.settings import SETTINGS, SETTINGS_BY_NAME, ServerSettings, resolve_settings
-
-F = Callable[..., Any]
+from meshgate.settings import SETTINGS, ServerSettings, resolve_settings
 
 _plugins = make_plugin_manager()
-
-
-def _setting_option(name: str) -> Callable[[F], F]:
-    setting = SETTINGS_BY_NAME[name]
-    kind: Any = setting.type if setting.type is not bool else bool
-    kwargs: dict[str, Any] = {
-        "default": None,
-        "help": f"{setting.help} [env {setting.env}; default {setting.default!r}]",
-    }
-    if setting.type is bool:
-        return click.option(f"{setting.flag}/--no-{setting.flag[2:]}", name, **kwargs)
-    return click.option(setting.flag, name, type=kind, **kwargs)
-
-
-def config_option(func: F) -> F:
-    return click.option(
-        "--config",
-        "-c",
-        "config_path",
-        default=None,
-        envvar="MESHGATE_CONFIG",
-        help="mesh.yaml to load [env MESHGATE_CONFIG; default: the embedded local models].",
-    )(func)
 
 
 def _load(config_path: str | None, cli_values: dict[str, Any]) -> tuple[Any, ServerSettings]:
@@ -70,10 +45,7 @@ def cli() -> None:
     """meshgate: one self-hosted gateway for every model, with the controls an enterprise needs."""
 
 
-def serve_options(func: F) -> F:
-    for setting in reversed(SETTINGS):
-        func = _setting_option(setting.name)(func)
-    return config_option(func)
+serve_options = settings_options(*(setting.name for setting in SETTINGS))
 
 
 @cli.command()

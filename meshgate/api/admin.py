@@ -3,7 +3,7 @@ middleware (`admin:<resource>:read|write`); this module only parses and calls th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from msgspec import Meta, Struct
 from starlette.requests import Request
@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from meshgate.api.bodies import decode_request
 from meshgate.api.responses import JSONBytesResponse
-from meshgate.control.records import Limits, TeamRecord
+from meshgate.control.records import Limits
 from meshgate.control.service import ControlService
 from meshgate.errors import InvalidRequest
 from meshgate.observe.usage_report import parse_since, usage_report
@@ -73,25 +73,12 @@ async def _changed(request: Request) -> None:
         await keys.reload()
 
 
-def _team(team: TeamRecord) -> dict[str, Any]:
-    limits = team.limits
-    return {
-        "name": team.name,
-        "rpm": limits.rpm,
-        "tpm": limits.tpm,
-        "budget_usd": limits.budget_usd,
-        "budget_period": limits.budget_period,
-        "models": list(team.models) or ["*"],
-        "created_at": team.created_at,
-    }
-
-
 def _limit(request: Request) -> int:
     return _runtime(request).settings.max_body_bytes
 
 
 async def list_teams(request: Request) -> Response:
-    return JSONBytesResponse({"object": "list", "data": [_team(t) for t in await _service(request).list_teams()]})
+    return JSONBytesResponse({"object": "list", "data": [t.public() for t in await _service(request).list_teams()]})
 
 
 async def create_team(request: Request) -> Response:
@@ -100,7 +87,7 @@ async def create_team(request: Request) -> Response:
         body.name, Limits(body.rpm, body.tpm, body.budget_usd, body.budget_period), tuple(body.models)
     )
     await _changed(request)
-    return JSONBytesResponse(_team(team), status_code=201)
+    return JSONBytesResponse(team.public(), status_code=201)
 
 
 async def update_team(request: Request) -> Response:
@@ -109,7 +96,7 @@ async def update_team(request: Request) -> Response:
     changes = {f: getattr(body, f) for f in body.__struct_fields__ if getattr(body, f) is not None}
     team = await _service(request).update_team(request.path_params["name"], changes)
     await _changed(request)
-    return JSONBytesResponse(_team(team))
+    return JSONBytesResponse(team.public())
 
 
 async def list_keys(request: Request) -> Response:

@@ -13,30 +13,19 @@ from typing import Any, TypeVar
 
 import click
 
-from meshgate.control.records import PERIODS, KeyRecord, Limits, TeamRecord
+from meshgate.cli_options import settings_options
+from meshgate.control.records import PERIODS, KeyRecord, Limits
 from meshgate.control.service import ControlService
 from meshgate.errors import ConfigError, MeshError
 from meshgate.observe.audit import AuditLog, Signer, export, verify
 from meshgate.observe.usage_report import GROUPS, parse_since, usage_report
-from meshgate.settings import SETTINGS_BY_NAME, ServerSettings
+from meshgate.settings import ServerSettings
 
 T = TypeVar("T")
 
 
-def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    for name in ("database_url", "data_dir"):
-        setting = SETTINGS_BY_NAME[name]
-        func = click.option(
-            setting.flag, name, default=None, help=f"{setting.help} [env {setting.env}; default {setting.default!r}]"
-        )(func)
-    return click.option(
-        "--config",
-        "-c",
-        "config_path",
-        default=None,
-        envvar="MESHGATE_CONFIG",
-        help="mesh.yaml whose `server:` settings to use [env MESHGATE_CONFIG].",
-    )(func)
+#: Where the CLI finds the server's data: the same data dir, database URL and mesh.yaml.
+store_options = settings_options("data_dir", "database_url")
 
 
 def limit_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -111,19 +100,6 @@ def _parse_expiry(text: str | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
-
-
-def _team_row(team: TeamRecord) -> dict[str, Any]:
-    l = team.limits  # noqa: E741
-    return {
-        "name": team.name,
-        "models": list(team.models) or ["*"],
-        "rpm": l.rpm,
-        "tpm": l.tpm,
-        "budget_usd": l.budget_usd,
-        "budget_period": l.budget_period,
-        "created_at": team.created_at,
-    }
 
 
 def _print_created(key: str, record: KeyRecord) -> None:
@@ -343,14 +319,14 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
         if models is not None:
             changes["models"] = _models(models)
         team = run_with_service(load, config_path, store, lambda s: s.update_team(name, changes))
-        click.echo(_table([_team_row(team)], list(_team_row(team))))
+        click.echo(_table([team.public()], TEAM_COLUMNS))
 
     @teams.command("list")
     @store_options
     @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
     def teams_list(config_path: str | None, fmt: str, **store: Any) -> None:
         """List teams."""
-        rows = [_team_row(t) for t in run_with_service(load, config_path, store, lambda s: s.list_teams())]
+        rows = [t.public() for t in run_with_service(load, config_path, store, lambda s: s.list_teams())]
         click.echo(json.dumps(rows, indent=2) if fmt == "json" else _table(rows, TEAM_COLUMNS))
 
 

@@ -54,6 +54,18 @@ class TeamRecord:
             created_at=row["created_at"],
         )
 
+    def public(self) -> dict[str, Any]:
+        """What lists, the admin API and the audit log show of a team."""
+        return {
+            "name": self.name,
+            "models": list(self.models) or ["*"],
+            "rpm": self.limits.rpm,
+            "tpm": self.limits.tpm,
+            "budget_usd": self.limits.budget_usd,
+            "budget_period": self.limits.budget_period,
+            "created_at": self.created_at,
+        }
+
 
 @dataclass(frozen=True)
 class KeyRecord:

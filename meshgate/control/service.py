@@ -100,7 +100,7 @@ class ControlService:
             )
             await self._bump(tx)
         team = await self.get_team(name)
-        await self._audit("team.created", name, _team_detail(team))
+        await self._audit("team.created", name, team.public())
         return team
 
     async def update_team(self, name: str, changes: dict[str, Any]) -> TeamRecord:
@@ -129,7 +129,7 @@ class ControlService:
             )
             await self._bump(tx)
         team = await self.get_team(name)
-        await self._audit("team.updated", name, {"changes": sorted(changes), **_team_detail(team)})
+        await self._audit("team.updated", name, {"changes": sorted(changes), **team.public()})
         return team
 
     async def get_team(self, name: str) -> TeamRecord:
@@ -231,17 +231,6 @@ class ControlService:
             await self._bump(tx)
         await self._audit("key.rotated", record.id, _key_detail(record))
         return CreatedKey(key=key, record=await self.get_key(record.id))
-
-
-def _team_detail(team: TeamRecord) -> dict[str, Any]:
-    limits = team.limits
-    return {
-        "rpm": limits.rpm,
-        "tpm": limits.tpm,
-        "budget_usd": limits.budget_usd,
-        "budget_period": limits.budget_period,
-        "models": list(team.models),
-    }
 
 
 def _key_detail(key: KeyRecord) -> dict[str, Any]:
