@@ -157,6 +157,18 @@ class ServiceUnavailable(MeshError):
     kind = "unavailable"
 
 
+class ClientDisconnected(MeshError):
+    """The client hung up before the answer was ready; nobody reads this response (nginx's 499)."""
+
+    status = 499
+    type = "invalid_request_error"
+    default_code = "client_closed_request"
+    kind = "client_disconnected"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the response was ready.")
+
+
 class InternalError(MeshError):
     """Anything unexpected. The message never carries a traceback or internal detail."""
 

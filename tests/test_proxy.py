@@ -202,3 +202,20 @@ async def test_stream_cancelled_by_the_client_is_charged(proxy_url: str, proxy_c
     assert row is not None and row["status"] == 499 and row["stream"] == 1
     assert 3 <= row["completion_tokens"] <= 10
     assert row["cost_usd"] > 0
+
+
+async def test_hang_up_before_the_answer_is_a_quiet_499(
+    proxy_url: str, proxy_client: AppClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    headers = {"authorization": f"Bearer {proxy_client.key}"}
+    async with httpx.AsyncClient(headers=headers, timeout=0.2) as http:
+        with pytest.raises(httpx.TimeoutException):
+            await http.post(proxy_url + CHAT, json={"model": "slow", "messages": HELLO})
+    await asyncio.sleep(0.2)
+    assert "Exception in ASGI application" not in caplog.text
+    assert proxy_client.runtime.usage is not None and proxy_client.runtime.db is not None
+    await proxy_client.runtime.usage.flush()
+    row = await proxy_client.runtime.db.fetchone(
+        "SELECT status, error_kind FROM usage WHERE model = 'slow' ORDER BY ts DESC LIMIT 1"
+    )
+    assert row == {"status": 499, "error_kind": "client_disconnected"}

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from meshgate.api.bodies import decode_request
 from meshgate.api.responses import JSONBytesResponse, encode_json, error_response, unexpected_error
 from meshgate.api.sse import EventStreamResponse
-from meshgate.errors import InternalError, MeshError, ModelNotFound
+from meshgate.errors import ClientDisconnected, InternalError, MeshError, ModelNotFound
 from meshgate.gateway.pipeline import Call
 from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest
 
@@ -52,21 +52,34 @@ def _new_call(request: Request, endpoint: str, body: ChatCompletionRequest | Emb
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Run `work`, cancelling it if the client hangs up first (a local model then stops generating)."""
     task = asyncio.ensure_future(work)
+    hung_up = False
 
     async def watch() -> None:
+        nonlocal hung_up
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
+                hung_up = True
                 task.cancel()
                 return
 
     watcher = asyncio.ensure_future(watch())
     try:
         return await task
+    except asyncio.CancelledError:
+        if hung_up and not _cancelling():
+            raise ClientDisconnected() from None
+        raise
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+def _cancelling() -> bool:
+    """Whether this task itself is being cancelled (server shutdown), not just the work it awaited."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
 
 
 def _sse(chunk: dict[str, Any]) -> bytes:

@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from meshgate.errors import InvalidRequest, MeshError, ModelNotFound
+from meshgate.errors import ClientDisconnected, InvalidRequest, MeshError, ModelNotFound
 from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest, message_text
 from meshgate.providers.base import CallContext, ChatModel, EmbeddingInput, EmbeddingModel, Embeddings, Model
 
@@ -152,8 +152,11 @@ class Pipeline:
             call._settle_counts()
             if isinstance(error, MeshError):
                 call.error, call.status = error, error.status
+            elif isinstance(error, asyncio.CancelledError | GeneratorExit):
+                call.error = ClientDisconnected()  # the caller went away mid-call
+                call.status = call.error.status
             elif error is not None:
-                call.status = 499 if isinstance(error, asyncio.CancelledError | GeneratorExit) else 500
+                call.status = 500
             for step in self._after:
                 await step.after(call)
 

@@ -1,0 +1,321 @@
+"""Gateway overhead and throughput, side by side: the upstream alone, meshgate, LiteLLM's proxy.
+
+    python bench/run.py --duration 10 --rounds 2 --litellm /path/to/venv/bin/litellm
+
+One fixed upstream that costs almost no CPU (nginx returning a fixed chat completion), one load
+tool (wrk), the same request for every target, runs interleaved round by round so that the noise
+of a shared machine falls on all targets alike. meshgate runs with every control on: auth, a key
+with a rate limit and a budget, a priced model, usage and audit logging. Prints a markdown table
+and writes the raw figures to bench/results/gateway-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+UPSTREAM_PORT, MESHGATE_PORT, LITELLM_PORT = 18080, 18081, 18082
+BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+COMPLETION = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "bench-model",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello! How can I help?"},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
+}
+NGINX_CONF = """
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port};
+    location /v1/chat/completions {{
+      default_type application/json;
+      return 200 '{body}';
+    }}
+  }}
+}}
+"""
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+
+
+@dataclass
+class Run:
+    target: str
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@dataclass
+class Results:
+    date: str
+    machine: str
+    versions: dict[str, str]
+    runs: list[Run] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+
+
+def wait_http(url: str, timeout: float = 120, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2):
+                return
+        except Exception:
+            time.sleep(0.3)
+    raise SystemExit(f"{url} did not come up in {timeout}s")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of the process and its children (uvicorn/gunicorn workers)."""
+    total = 0.0
+    pids = [pid] + [
+        int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    ]
+    for one in pids:
+        try:
+            for line in Path(f"/proc/{one}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except FileNotFoundError:
+            pass
+    return round(total, 1)
+
+
+def package_version(python: str, package: str) -> str:
+    code = f"from importlib.metadata import version; print(version({package!r}))"
+    return subprocess.run([python, "-c", code], capture_output=True, text=True).stdout.strip()
+
+
+def to_ms(text: str) -> float:
+    value = float(re.match(r"[\d.]+", text).group())  # type: ignore[union-attr]
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[re.sub(r"[\d.]", "", text)]
+
+
+def wrk(url: str, script: Path, connections: int, duration: int) -> tuple[float, float, float, int]:
+    threads = 1 if connections == 1 else 2
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = to_ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += (
+        sum(int(n) for n in re.findall(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)[0])
+        if "Socket errors" in out
+        else 0
+    )
+    return rps, p50, p99, errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median is reported")
+    parser.add_argument("--connections", default="1,32,256")
+    parser.add_argument("--litellm", default=shutil.which("litellm"), help="the litellm command (omit to skip)")
+    parser.add_argument("--output", type=Path, default=None, help="JSON results file")
+    args = parser.parse_args()
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"{tool} is missing: apt-get install nginx-light wrk")
+
+    tmp = Path(tempfile.mkdtemp(prefix="meshgate-bench-"))
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    body_json = json.dumps(BODY)
+    try:
+        # -- upstream --------------------------------------------------------------------------
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=UPSTREAM_PORT, body=json.dumps(COMPLETION)))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        processes["upstream"] = subprocess.Popen([nginx, "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"])
+        wait_http(f"http://127.0.0.1:{UPSTREAM_PORT}/v1/chat/completions")
+
+        # -- meshgate, every control on ------------------------------------------------------------
+        env = {**os.environ, "BENCH_UPSTREAM_KEY": "sk-upstream", "MESHGATE_DATA_DIR": str(tmp / "meshgate")}
+        (tmp / "mesh.yaml").write_text(
+            "models:\n  - name: bench\n    provider: openai-compatible\n    model: bench-model\n"
+            f"    base_url: http://127.0.0.1:{UPSTREAM_PORT}/v1\n    api_key: ${{BENCH_UPSTREAM_KEY}}\n"
+            "    price: {input: 2.5, output: 10.0}\n"
+        )
+        key = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "meshgate",
+                "keys",
+                "create",
+                "--team",
+                "bench",
+                "--role",
+                "app",
+                "--rpm",
+                "100000000",
+                "--tpm",
+                "1000000000000",
+                "--budget",
+                "1000000",
+                "--budget-period",
+                "day",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        processes["meshgate"] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "meshgate",
+                "serve",
+                "--config",
+                str(tmp / "mesh.yaml"),
+                "--port",
+                str(MESHGATE_PORT),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+        )
+        wait_http(f"http://127.0.0.1:{MESHGATE_PORT}/readyz")
+        targets = {
+            "upstream": (f"http://127.0.0.1:{UPSTREAM_PORT}/v1/chat/completions", "unused"),
+            "meshgate": (f"http://127.0.0.1:{MESHGATE_PORT}/v1/chat/completions", key),
+        }
+
+        # -- LiteLLM's proxy, one worker, same upstream ------------------------------------------
+        if args.litellm:
+            (tmp / "litellm.yaml").write_text(
+                "model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/bench-model\n"
+                f"      api_base: http://127.0.0.1:{UPSTREAM_PORT}/v1\n      api_key: os.environ/BENCH_UPSTREAM_KEY\n"
+                "general_settings:\n  master_key: sk-litellm-bench\n"
+            )
+            processes["litellm"] = subprocess.Popen(
+                [
+                    args.litellm,
+                    "--config",
+                    str(tmp / "litellm.yaml"),
+                    "--port",
+                    str(LITELLM_PORT),
+                    "--num_workers",
+                    "1",
+                ],
+                env={**env, "LITELLM_LOG": "ERROR"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_http(f"http://127.0.0.1:{LITELLM_PORT}/health/liveliness", timeout=300)
+            targets["litellm"] = (f"http://127.0.0.1:{LITELLM_PORT}/v1/chat/completions", "sk-litellm-bench")
+
+        versions = {"python": platform.python_version(), "meshgate": package_version(sys.executable, "meshgate")}
+        if args.litellm:
+            versions["litellm"] = package_version(str(Path(args.litellm).with_name("python")), "litellm")
+        versions["nginx"] = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
+        results = Results(
+            date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            machine=f"{os.cpu_count()} cores, {platform.machine()}, {platform.platform()}",
+            versions=versions,
+        )
+        scripts = {}
+        for name, (_, token) in targets.items():
+            scripts[name] = tmp / f"{name}.lua"
+            scripts[name].write_text(WRK_SCRIPT.format(body=body_json, key=token))
+        connections = [int(c) for c in args.connections.split(",")]
+        for round_index in range(args.rounds):
+            for count in connections:
+                for name, (url, _) in targets.items():
+                    rps, p50, p99, errors = wrk(url, scripts[name], count, args.duration)
+                    results.runs.append(Run(name, count, rps, p50, p99, errors))
+                    print(
+                        f"round {round_index + 1} c={count:<4} {name:<9} {rps:>10.0f} req/s  "
+                        f"p50 {p50:.2f} ms  p99 {p99:.2f} ms  errors {errors}",
+                        flush=True,
+                    )
+        for name, process in processes.items():
+            results.peak_rss_mb[name] = peak_rss_mb(process.pid)
+        print(table(results))
+        output = args.output or HERE / "results" / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(asdict(results), indent=2))
+        print(f"raw figures: {output}")
+    finally:
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def table(results: Results) -> str:
+    """Medians over rounds; added latency against the upstream alone; ratios against LiteLLM."""
+    medians: dict[tuple[str, int], tuple[float, float, float]] = {}
+    for key in {(r.target, r.connections) for r in results.runs}:
+        runs = [r for r in results.runs if (r.target, r.connections) == key]
+        medians[key] = (
+            statistics.median(r.rps for r in runs),
+            statistics.median(r.p50_ms for r in runs),
+            statistics.median(r.p99_ms for r in runs),
+        )
+    lines = [
+        "| target | connections | req/s | p50 ms | p99 ms | p50 added ms | p99 added ms | vs LiteLLM req/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (target, count), (rps, p50, p99) in sorted(medians.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        base = medians.get(("upstream", count))
+        litellm = medians.get(("litellm", count))
+        added = (f"{p50 - base[1]:.2f}", f"{p99 - base[2]:.2f}") if base and target != "upstream" else ("", "")
+        ratio = f"{rps / litellm[0]:.1f}x" if litellm and target == "meshgate" else ""
+        lines.append(f"| {target} | {count} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {added[0]} | {added[1]} | {ratio} |")
+    lines.append("")
+    lines.append("Peak RSS (MB): " + ", ".join(f"{k} {v}" for k, v in results.peak_rss_mb.items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
