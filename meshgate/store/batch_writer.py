@@ -41,8 +41,8 @@ class BatchWriter:
         *,
         name: str = "records",
         max_queue: int = 10_000,
-        batch_size: int = 500,
-        flush_interval: float = 0.5,
+        batch_size: int = 100,
+        flush_interval: float = 0.05,
         retry_backoff: tuple[float, float] = (0.5, 30.0),
     ) -> None:
         self.db = db
