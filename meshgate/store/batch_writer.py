@@ -54,6 +54,7 @@ class BatchWriter:
         self.backoff_min, self.backoff_max = retry_backoff
         self._buffer: deque[Record] = deque()
         self._wakeup = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._stats = WriterStats()
@@ -97,11 +98,15 @@ class BatchWriter:
         await self.db.executemany(self.insert_sql, [r.row() for r in batch])
 
     async def flush(self) -> bool:
-        """Write everything buffered now; False if the database refused."""
-        while self._buffer:
-            if not await self._write_batch():
-                return False
-        return True
+        """Write everything buffered now; False if the database refused.
+
+        One flush at a time: the background loop and a caller's flush (a report that wants the
+        latest records) must not write the same batch twice and then drop twice as many."""
+        async with self._flushing:
+            while self._buffer:
+                if not await self._write_batch():
+                    return False
+            return True
 
     async def _run(self) -> None:
         while not self._stopping:

@@ -307,3 +307,16 @@ async def test_usage_report_groups_on_every_backend(db: Database) -> None:
     assert [r["model"] for r in await usage_report(db, "model")] == ["m1", "m2"]
     assert [r["key"] for r in await usage_report(db, "key")] == ["key_1", "key_2"]
     assert [r["team"] for r in await usage_report(db, "team", since=base + day / 2)] == ["b"]
+
+
+async def test_concurrent_flushes_write_each_record_once(db: Database) -> None:
+    await migrate(db)
+    writer = usage_writer(db, batch_size=7, flush_interval=0.001)
+    await writer.start()
+    for i in range(200):
+        writer.submit(record(i))
+        if i % 25 == 0:
+            await asyncio.gather(writer.flush(), writer.flush())
+    await writer.stop()
+    count = await db.fetchone("SELECT COUNT(*) AS n FROM usage")
+    assert count == {"n": 200} and writer.stats.written == 200
