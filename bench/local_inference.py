@@ -5,8 +5,9 @@
 Chat: tokens/s and time to first token of `local-chat` (Gemma 3 270M) streamed through
 `meshgate serve`, against llama-cpp-python generating from the same GGUF file, the same rendered
 prompt and the same sampling (greedy, end-of-turn tokens suppressed so every run makes exactly
-`--tokens` tokens). Embeddings: texts/s of /v1/embeddings (batches of 64, base64 as the `openai` SDK asks
-by default) against onnxruntime and the tokenizer called directly on the same batches. Runs alternate direct / through meshgate.
+`--tokens` tokens). Embeddings: texts/s of /v1/embeddings (batches of 64, base64 as the `openai`
+SDK asks by default) against onnxruntime and the tokenizer called directly on the same batches.
+Runs alternate direct / through meshgate.
 """
 
 from __future__ import annotations
