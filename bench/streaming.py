@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
@@ -50,7 +51,7 @@ async def one_stream(session: aiohttp.ClientSession, url: str, model: str, key: 
                 arrivals.append(time.perf_counter())
     if not arrivals:
         return StreamResult(0, float("nan"), float("nan"))
-    gaps = [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(arrivals)]
     return StreamResult(len(arrivals), (arrivals[0] - started) * 1000, max(gaps, default=0.0))
 
 
