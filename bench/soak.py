@@ -1,0 +1,140 @@
+"""Soak: many requests through meshgate with every control on; memory at start and end, errors.
+
+    python bench/soak.py --requests 200000
+
+The same fixed nginx upstream and request as bench/run.py. After a warm-up of 10,000 requests
+(caches, pools and counters reach their working size), the resident memory of the meshgate
+process is read, then wrk runs at 32 connections until at least `--requests` more have been
+served, and the memory is read again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import (
+    BODY,
+    COMPLETION,
+    MESHGATE_PORT,
+    NGINX_CONF,
+    UPSTREAM_PORT,
+    WRK_SCRIPT,
+    wait_http,
+)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def wrk_requests(url: str, script: Path, seconds: int) -> tuple[int, int, float]:
+    out = subprocess.run(
+        ["wrk", "-t", "2", "-c", "32", "-d", f"{seconds}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    served = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return served, errors, rps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=200_000)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="meshgate-soak-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=UPSTREAM_PORT, body=json.dumps(COMPLETION)))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        processes.append(subprocess.Popen([nginx, "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"]))
+        env = {**os.environ, "BENCH_UPSTREAM_KEY": "sk-upstream", "MESHGATE_DATA_DIR": str(tmp / "meshgate")}
+        (tmp / "mesh.yaml").write_text(
+            "models:\n  - name: bench\n    provider: openai-compatible\n    model: bench-model\n"
+            f"    base_url: http://127.0.0.1:{UPSTREAM_PORT}/v1\n    api_key: ${{BENCH_UPSTREAM_KEY}}\n"
+            "    price: {input: 2.5, output: 10.0}\n"
+        )
+        key = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "meshgate",
+                "keys",
+                "create",
+                "--team",
+                "bench",
+                "--role",
+                "app",
+                "--rpm",
+                "100000000",
+                "--tpm",
+                "1000000000000",
+                "--budget",
+                "1000000",
+                "--budget-period",
+                "day",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "meshgate",
+                "serve",
+                "--config",
+                str(tmp / "mesh.yaml"),
+                "--port",
+                str(MESHGATE_PORT),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        processes.append(server)
+        wait_http(f"http://127.0.0.1:{MESHGATE_PORT}/readyz")
+        script = tmp / "soak.lua"
+        script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=key))
+        url = f"http://127.0.0.1:{MESHGATE_PORT}/v1/chat/completions"
+        warm, warm_errors, rps = wrk_requests(url, script, max(3, int(10_000 / 1500)))
+        start_rss = rss_mb(server.pid)
+        seconds = max(10, int(args.requests / max(rps, 1) * 1.1))
+        served, errors, rps = wrk_requests(url, script, seconds)
+        end_rss = rss_mb(server.pid)
+        growth = (end_rss - start_rss) / start_rss
+        print(
+            f"| warm-up requests | soak requests | req/s | errors | RSS start MB | RSS end MB | growth |\n"
+            f"|---|---|---|---|---|---|---|\n"
+            f"| {warm:,} | {served:,} | {rps:,.0f} | {errors + warm_errors} | {start_rss:.1f} | {end_rss:.1f} | "
+            f"{growth:+.1%} |"
+        )
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
