@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--connections", default="1,32,256")
     parser.add_argument("--litellm", default=shutil.which("litellm"), help="the litellm command (omit to skip)")
     parser.add_argument("--output", type=Path, default=None, help="JSON results file")
+    parser.add_argument("--meshgate-workers", type=int, default=1, help="more than 1 uses the local Redis")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -205,6 +206,9 @@ def main() -> None:
             text=True,
             check=True,
         ).stdout.strip()
+        workers = []
+        if args.meshgate_workers > 1:
+            workers = ["--workers", str(args.meshgate_workers), "--redis-url", "redis://127.0.0.1:6379/0"]
         processes["meshgate"] = subprocess.Popen(
             [
                 sys.executable,
@@ -217,6 +221,7 @@ def main() -> None:
                 str(MESHGATE_PORT),
                 "--log-level",
                 "warning",
+                *workers,
             ],
             env=env,
         )

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import math
+import os
 from collections.abc import Generator
+from typing import Any
 
 import click
 import uvicorn
+from starlette.applications import Starlette
 
 from meshgate.app import build_app
 from meshgate.gateway.runtime import Runtime
+from meshgate.settings import SETTINGS, ServerSettings, resolve_settings
 
 log = logging.getLogger("meshgate")
 
@@ -45,28 +48,53 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
         await super().startup(sockets=sockets)
-        # Everything built at startup (models, config, modules) lives until exit: moving it out of
-        # the collector's view keeps full collections, and their pauses on the event loop, short.
-        gc.collect()
-        gc.freeze()
         if self.started:
             click.echo(banner(self.runtime), err=False)
 
 
+def _uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": settings.access_log,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": math.ceil(settings.shutdown_timeout),
+        "server_header": False,
+        "date_header": False,
+    }
+
+
 def serve(runtime: Runtime) -> None:
     settings = runtime.settings
-    app = build_app(runtime)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=settings.access_log,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
-        server_header=False,
-        date_header=False,
-    )
-    _Server(config, runtime).run()
+    if settings.workers > 1:
+        serve_workers(runtime)
+        return
+    _Server(uvicorn.Config(build_app(runtime), **_uvicorn_options(settings)), runtime).run()
+
+
+def serve_workers(runtime: Runtime) -> None:
+    """N worker processes on one socket. Each builds its own runtime from the same settings, handed
+    down as environment variables; limits and budgets are shared through Redis."""
+    settings = runtime.settings
+    for setting in SETTINGS:
+        value = getattr(settings, setting.name)
+        os.environ[setting.env] = str(value)
+    if runtime.config.path != "(defaults)":
+        os.environ["MESHGATE_CONFIG"] = runtime.config.path
+    click.echo(banner(runtime).replace(" serving on ", f" serving with {settings.workers} workers on "))
+    uvicorn.run("meshgate.server:worker_app", factory=True, workers=settings.workers, **_uvicorn_options(settings))
+
+
+def worker_app() -> Starlette:
+    """The app of one worker process (`uvicorn --factory`), configured from the environment."""
+    from meshgate.config import load_config
+    from meshgate.plugins import make_plugin_manager, provider_types
+
+    plugins = make_plugin_manager()
+    types = provider_types(plugins)
+    config = load_config(os.environ.get("MESHGATE_CONFIG") or None, types)
+    settings = resolve_settings({}, config.server, config.path)
+    return build_app(Runtime(settings, config, plugins, types))

@@ -34,6 +34,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "127.0.0.1", "Address to listen on."),
     Setting("port", int, 4000, "Port to listen on."),
+    Setting("workers", int, 1, "Worker processes; more than 1 needs `redis_url` so limits and budgets stay exact."),
     Setting("data_dir", str, "./.meshgate", "Directory for the SQLite database, model files and state."),
     Setting(
         "database_url",
@@ -79,6 +80,7 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
 class ServerSettings:
     host: str
     port: int
+    workers: int
     data_dir: Path
     database_url: str
     max_body_bytes: int
@@ -121,6 +123,13 @@ def resolve_settings(
         )
     if not 0 < values["port"] < 65536:
         raise ConfigError(f"port: {values['port']} is not a valid TCP port")
+    if values["workers"] < 1:
+        raise ConfigError("workers: must be at least 1")
+    if values["workers"] > 1 and not values["redis_url"]:
+        raise ConfigError(
+            f"workers: {values['workers']} workers need --redis-url, so that rate limits and budgets hold "
+            "across them (each worker would otherwise count alone)"
+        )
     if values["max_body_bytes"] < 1024:
         raise ConfigError("max_body_bytes: must be at least 1024")
     if values["audit_content"] not in ("off", "redacted", "full"):

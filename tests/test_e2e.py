@@ -357,3 +357,47 @@ def test_two_servers_sharing_redis_admit_exactly_the_keys_rpm(tmp_path: Path, fa
     finally:
         for server in servers:
             server.stop()
+
+
+def test_workers_share_limits_through_redis(tmp_path: Path, fake: FakeOpenAI) -> None:
+    config = tmp_path / "mesh.yaml"
+    config.write_text(
+        f"models:\n  - name: bench\n    provider: openai-compatible\n    model: echo\n    base_url: {fake.base_url}\n"
+        "    api_key: ${BENCH_UPSTREAM_KEY}\n    price: {input: 1.0, output: 1.0}\n"
+    )
+    env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY, "MESHGATE_DATA_DIR": str(tmp_path / "data")}
+    refused = subprocess.run(
+        [sys.executable, "-m", "meshgate", "serve", "--config", str(config), "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "--redis-url" in refused.stderr
+    key = create_key(env, "--rpm", "7", role="app")
+    server = ServerProcess(
+        ["--config", str(config), "--workers", "2", "--redis-url", "redis://127.0.0.1:6379/0"], env, free_port()
+    )
+    try:
+        server.wait_ready(90)
+        assert "serving with 2 workers" in "".join(server.output)
+        _, left = current_window()
+        if left < 8:
+            time.sleep(left + 0.1)
+        body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
+        statuses: list[int] = []
+
+        def hammer() -> None:
+            with httpx.Client(timeout=30, headers={"authorization": f"Bearer {key}"}) as http:
+                for _ in range(8):
+                    statuses.append(http.post(server.base_url + "/chat/completions", json=body).status_code)
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert statuses.count(200) == 7 and statuses.count(429) == 25
+    finally:
+        assert server.stop() == 0
+    assert (tmp_path / "data" / "audit.key").is_file()

@@ -96,9 +96,18 @@ class Signer:
         path = data_dir / "audit.key"
         if not path.exists():
             data_dir.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Written whole under a temporary name, then linked into place: a second process (another
+            # worker) either wins the link or reads the complete file, never a half-written one.
+            draft = data_dir / f".audit.key.{os.getpid()}.{secrets.token_hex(4)}"
+            descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(secrets.token_hex(32))
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink()
         return cls(path.read_text().strip().encode())
 
     def sign(self, seq: int, record_hash: str) -> str:
