@@ -16,14 +16,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+from harness import create_key, start_meshgate
 
 from meshgate.providers.local.prompt import PROMPT_FORMATS, render_prompt
 
@@ -138,32 +137,12 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="meshgate-local-bench-"))
     env = {**os.environ, "MESHGATE_DATA_DIR": str(tmp)}
-    key = subprocess.run(
-        [sys.executable, "-m", "meshgate", "keys", "create", "--team", "bench"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "meshgate", "serve", "--port", str(PORT), "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
+    key = create_key(env)
+    server = start_meshgate(env, PORT)
     try:
         client = httpx.Client(
             base_url=f"http://127.0.0.1:{PORT}/v1", headers={"authorization": f"Bearer {key}"}, timeout=300
         )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{PORT}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("meshgate did not become ready")
-            time.sleep(0.3)
         model_path = str(tmp / "models" / "gemma-3-270m-q4_k_m.gguf")
         meshgate_chat(client, 8)  # warm-up
         chat = {"direct": [], "meshgate": []}

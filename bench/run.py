@@ -23,9 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from harness import EVERY_CONTROL, create_key, nginx_binary, start_meshgate, start_nginx, wait_http, write_mesh
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM_PORT, MESHGATE_PORT, LITELLM_PORT = 18080, 18081, 18082
@@ -45,28 +46,6 @@ COMPLETION = {
     ],
     "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
 }
-NGINX_CONF = """
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-  keepalive_requests 1000000;
-  server {{
-    listen 127.0.0.1:{port};
-    location /v1/chat/completions {{
-      default_type application/json;
-      return 200 '{body}';
-    }}
-  }}
-}}
-"""
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '{body}'
@@ -92,17 +71,6 @@ class Results:
     versions: dict[str, str]
     runs: list[Run] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
-
-
-def wait_http(url: str, timeout: float = 120, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2):
-                return
-        except Exception:
-            time.sleep(0.3)
-    raise SystemExit(f"{url} did not come up in {timeout}s")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -169,63 +137,16 @@ def main() -> None:
     body_json = json.dumps(BODY)
     try:
         # -- upstream --------------------------------------------------------------------------
-        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=UPSTREAM_PORT, body=json.dumps(COMPLETION)))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        processes["upstream"] = subprocess.Popen([nginx, "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"])
-        wait_http(f"http://127.0.0.1:{UPSTREAM_PORT}/v1/chat/completions")
+        processes["upstream"] = start_nginx(tmp, UPSTREAM_PORT, COMPLETION)
 
         # -- meshgate, every control on ------------------------------------------------------------
         env = {**os.environ, "BENCH_UPSTREAM_KEY": "sk-upstream", "MESHGATE_DATA_DIR": str(tmp / "meshgate")}
-        (tmp / "mesh.yaml").write_text(
-            "models:\n  - name: bench\n    provider: openai-compatible\n    model: bench-model\n"
-            f"    base_url: http://127.0.0.1:{UPSTREAM_PORT}/v1\n    api_key: ${{BENCH_UPSTREAM_KEY}}\n"
-            "    price: {input: 2.5, output: 10.0}\n"
-        )
-        key = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "meshgate",
-                "keys",
-                "create",
-                "--team",
-                "bench",
-                "--role",
-                "app",
-                "--rpm",
-                "100000000",
-                "--tpm",
-                "1000000000000",
-                "--budget",
-                "1000000",
-                "--budget-period",
-                "day",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        config = write_mesh(tmp, UPSTREAM_PORT, "bench-model")
+        key = create_key(env, *EVERY_CONTROL)
         workers = []
         if args.meshgate_workers > 1:
             workers = ["--workers", str(args.meshgate_workers), "--redis-url", "redis://127.0.0.1:6379/0"]
-        processes["meshgate"] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "meshgate",
-                "serve",
-                "--config",
-                str(tmp / "mesh.yaml"),
-                "--port",
-                str(MESHGATE_PORT),
-                "--log-level",
-                "warning",
-                *workers,
-            ],
-            env=env,
-        )
-        wait_http(f"http://127.0.0.1:{MESHGATE_PORT}/readyz")
+        processes["meshgate"] = start_meshgate(env, MESHGATE_PORT, "--config", str(config), *workers)
         targets = {
             "upstream": (f"http://127.0.0.1:{UPSTREAM_PORT}/v1/chat/completions", "unused"),
             "meshgate": (f"http://127.0.0.1:{MESHGATE_PORT}/v1/chat/completions", key),
@@ -258,7 +179,7 @@ def main() -> None:
         versions = {"python": platform.python_version(), "meshgate": package_version(sys.executable, "meshgate")}
         if args.litellm:
             versions["litellm"] = package_version(str(Path(args.litellm).with_name("python")), "litellm")
-        versions["nginx"] = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
+        versions["nginx"] = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True).stderr.strip()
         results = Results(
             date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             machine=f"{os.cpu_count()} cores, {platform.machine()}, {platform.platform()}",

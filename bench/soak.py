@@ -17,21 +17,11 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from run import (
-    BODY,
-    COMPLETION,
-    MESHGATE_PORT,
-    NGINX_CONF,
-    UPSTREAM_PORT,
-    WRK_SCRIPT,
-    wait_http,
-)
+from harness import EVERY_CONTROL, create_key, start_meshgate, start_nginx, write_mesh
+from run import BODY, COMPLETION, MESHGATE_PORT, UPSTREAM_PORT, WRK_SCRIPT
 
 
 def rss_mb(pid: int) -> float:
@@ -61,58 +51,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="meshgate-soak-"))
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=UPSTREAM_PORT, body=json.dumps(COMPLETION)))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        processes.append(subprocess.Popen([nginx, "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"]))
+        processes.append(start_nginx(tmp, UPSTREAM_PORT, COMPLETION))
         env = {**os.environ, "BENCH_UPSTREAM_KEY": "sk-upstream", "MESHGATE_DATA_DIR": str(tmp / "meshgate")}
-        (tmp / "mesh.yaml").write_text(
-            "models:\n  - name: bench\n    provider: openai-compatible\n    model: bench-model\n"
-            f"    base_url: http://127.0.0.1:{UPSTREAM_PORT}/v1\n    api_key: ${{BENCH_UPSTREAM_KEY}}\n"
-            "    price: {input: 2.5, output: 10.0}\n"
-        )
-        key = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "meshgate",
-                "keys",
-                "create",
-                "--team",
-                "bench",
-                "--role",
-                "app",
-                "--rpm",
-                "100000000",
-                "--tpm",
-                "1000000000000",
-                "--budget",
-                "1000000",
-                "--budget-period",
-                "day",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "meshgate",
-                "serve",
-                "--config",
-                str(tmp / "mesh.yaml"),
-                "--port",
-                str(MESHGATE_PORT),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
+        key = create_key(env, *EVERY_CONTROL)
+        config = write_mesh(tmp, UPSTREAM_PORT, "bench-model")
+        server = start_meshgate(env, MESHGATE_PORT, "--config", str(config))
         processes.append(server)
-        wait_http(f"http://127.0.0.1:{MESHGATE_PORT}/readyz")
         script = tmp / "soak.lua"
         script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=key))
         url = f"http://127.0.0.1:{MESHGATE_PORT}/v1/chat/completions"

@@ -21,11 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from harness import EVERY_CONTROL, create_key, start_meshgate, write_mesh
 
 UPSTREAM_PORT, MESHGATE_PORT = 18085, 18086
 PACING_MS, CHUNKS = 20, 20
@@ -76,17 +76,6 @@ def summary(name: str, streams: int, results: list[StreamResult]) -> dict[str, f
     }
 
 
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except Exception:
-            time.sleep(0.3)
-    raise SystemExit(f"{url} did not come up")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", default="100,1000")
@@ -98,52 +87,11 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    (tmp / "mesh.yaml").write_text(
-        f"models:\n  - name: paced\n    provider: openai-compatible\n    model: 'paced:{PACING_MS}:{CHUNKS}'\n"
-        f"    base_url: http://127.0.0.1:{UPSTREAM_PORT}/v1\n    api_key: ${{BENCH_UPSTREAM_KEY}}\n"
-        "    price: {input: 2.5, output: 10.0}\n"
-    )
-    key = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meshgate",
-            "keys",
-            "create",
-            "--team",
-            "bench",
-            "--role",
-            "app",
-            "--rpm",
-            "100000000",
-            "--budget",
-            "1000000",
-            "--budget-period",
-            "day",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "meshgate",
-            "serve",
-            "--config",
-            str(tmp / "mesh.yaml"),
-            "--port",
-            str(MESHGATE_PORT),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
+    config = write_mesh(tmp, UPSTREAM_PORT, f"paced:{PACING_MS}:{CHUNKS}", name="paced")
+    key = create_key(env, *EVERY_CONTROL)
+    processes = [upstream]
     try:
-        wait_http(f"http://127.0.0.1:{MESHGATE_PORT}/readyz")
+        processes.append(start_meshgate(env, MESHGATE_PORT, "--config", str(config)))
         rows = []
         for streams in (int(s) for s in args.streams.split(",")):
             direct = asyncio.run(
@@ -162,7 +110,7 @@ def main() -> None:
         for row in rows:
             print("| " + " | ".join(str(row[c]) for c in columns) + " |")
     finally:
-        for process in (server, upstream):
+        for process in reversed(processes):
             process.terminate()
             process.wait(30)
 
