@@ -1,6 +1,7 @@
-"""Gateway overhead and throughput, side by side: the upstream alone, meshgate, LiteLLM's proxy.
+"""Gateway overhead and throughput, side by side: the upstream alone, meshgate, LiteLLM's proxy, Portkey's gateway.
 
-    python bench/run.py --duration 10 --rounds 2 --litellm /path/to/venv/bin/litellm
+    python bench/run.py --duration 10 --rounds 2 --litellm /path/to/venv/bin/litellm \
+        --portkey /path/to/node_modules/@portkey-ai/gateway/build/start-server.js
 
 One fixed upstream that costs almost no CPU (nginx returning a fixed chat completion), one load
 tool (wrk), the same request for every target, runs interleaved round by round so that the noise
@@ -29,7 +30,10 @@ from pathlib import Path
 from harness import EVERY_CONTROL, create_key, nginx_binary, start_meshgate, start_nginx, wait_http, write_mesh
 
 HERE = Path(__file__).resolve().parent
-UPSTREAM_PORT, MESHGATE_PORT, LITELLM_PORT = 18080, 18081, 18082
+UPSTREAM_PORT, MESHGATE_PORT, LITELLM_PORT, PORTKEY_PORT = 18080, 18081, 18082, 18083
+UPSTREAM_KEY = "sk-upstream"
+#: The other gateways, whose req/s meshgate's is compared with in the table when they ran.
+PEERS = {"litellm": "LiteLLM", "portkey": "Portkey"}
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 COMPLETION = {
     "id": "chatcmpl-bench",
@@ -50,8 +54,14 @@ WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '{body}'
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {key}"
+{headers}
 """
+#: Portkey's gateway has no key of its own: the provider, the upstream's address and key travel in headers.
+PORTKEY_HEADERS = {
+    "Authorization": f"Bearer {UPSTREAM_KEY}",
+    "x-portkey-provider": "openai",
+    "x-portkey-custom-host": f"http://127.0.0.1:{UPSTREAM_PORT}/v1",
+}
 
 
 @dataclass
@@ -94,6 +104,58 @@ def package_version(python: str, package: str) -> str:
     return subprocess.run([python, "-c", code], capture_output=True, text=True).stdout.strip()
 
 
+def node_binary() -> str:
+    return shutil.which("node") or "/usr/bin/node"
+
+
+def portkey_command(path: str) -> list[str]:
+    """Portkey's start script (its package's `bin`, plain JavaScript) runs under node; anything else as is."""
+    return [node_binary(), path] if Path(path).resolve().suffix == ".js" else [path]
+
+
+def portkey_versions(path: str) -> dict[str, str]:
+    """Node's, and the one in the package.json of @portkey-ai/gateway (found upwards from the start script)."""
+    node = subprocess.run([node_binary(), "--version"], capture_output=True, text=True).stdout.strip()
+    for folder in Path(path).resolve().parents:
+        manifest = folder / "package.json"
+        if manifest.exists():
+            return {"portkey": str(json.loads(manifest.read_text()).get("version", "unknown")), "node": node}
+    return {"portkey": "unknown", "node": node}
+
+
+def start_litellm(command: str, tmp: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """LiteLLM's proxy, one worker, only its master key, routing `bench` to the upstream."""
+    (tmp / "litellm.yaml").write_text(
+        "model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/bench-model\n"
+        f"      api_base: http://127.0.0.1:{UPSTREAM_PORT}/v1\n      api_key: os.environ/BENCH_UPSTREAM_KEY\n"
+        "general_settings:\n  master_key: sk-litellm-bench\n"
+    )
+    process = subprocess.Popen(
+        [command, "--config", str(tmp / "litellm.yaml"), "--port", str(LITELLM_PORT), "--num_workers", "1"],
+        env={**env, "LITELLM_LOG": "ERROR"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_http(f"http://127.0.0.1:{LITELLM_PORT}/health/liveliness", timeout=300)
+    return process
+
+
+def start_portkey(path: str) -> subprocess.Popen[bytes]:
+    """Portkey's gateway, one Node process, headless (no console UI); it is told the upstream per request."""
+    process = subprocess.Popen(
+        [*portkey_command(path), f"--port={PORTKEY_PORT}", "--headless"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_http(f"http://127.0.0.1:{PORTKEY_PORT}/", timeout=120)
+    return process
+
+
+def wrk_script(body: str, headers: dict[str, str]) -> str:
+    lines = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())
+    return WRK_SCRIPT.format(body=body, headers=lines)
+
+
 def to_ms(text: str) -> float:
     value = float(re.match(r"[\d.]+", text).group())  # type: ignore[union-attr]
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[re.sub(r"[\d.]", "", text)]
@@ -125,6 +187,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median is reported")
     parser.add_argument("--connections", default="1,32,256")
     parser.add_argument("--litellm", default=shutil.which("litellm"), help="the litellm command (omit to skip)")
+    parser.add_argument(
+        "--portkey", default="", help="Portkey's start script, node_modules/@portkey-ai/gateway/build/start-server.js"
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON results file")
     parser.add_argument("--meshgate-workers", type=int, default=1, help="more than 1 uses the local Redis")
     args = parser.parse_args()
@@ -140,7 +205,7 @@ def main() -> None:
         processes["upstream"] = start_nginx(tmp, UPSTREAM_PORT, COMPLETION)
 
         # -- meshgate, every control on ------------------------------------------------------------
-        env = {**os.environ, "BENCH_UPSTREAM_KEY": "sk-upstream", "MESHGATE_DATA_DIR": str(tmp / "meshgate")}
+        env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY, "MESHGATE_DATA_DIR": str(tmp / "meshgate")}
         config = write_mesh(tmp, UPSTREAM_PORT, "bench-model")
         key = create_key(env, *EVERY_CONTROL)
         workers = []
@@ -148,37 +213,28 @@ def main() -> None:
             workers = ["--workers", str(args.meshgate_workers), "--redis-url", "redis://127.0.0.1:6379/0"]
         processes["meshgate"] = start_meshgate(env, MESHGATE_PORT, "--config", str(config), *workers)
         targets = {
-            "upstream": (f"http://127.0.0.1:{UPSTREAM_PORT}/v1/chat/completions", "unused"),
-            "meshgate": (f"http://127.0.0.1:{MESHGATE_PORT}/v1/chat/completions", key),
+            "upstream": (f"http://127.0.0.1:{UPSTREAM_PORT}/v1/chat/completions", {"Authorization": "Bearer unused"}),
+            "meshgate": (f"http://127.0.0.1:{MESHGATE_PORT}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
         }
 
         # -- LiteLLM's proxy, one worker, same upstream ------------------------------------------
         if args.litellm:
-            (tmp / "litellm.yaml").write_text(
-                "model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/bench-model\n"
-                f"      api_base: http://127.0.0.1:{UPSTREAM_PORT}/v1\n      api_key: os.environ/BENCH_UPSTREAM_KEY\n"
-                "general_settings:\n  master_key: sk-litellm-bench\n"
+            processes["litellm"] = start_litellm(args.litellm, tmp, env)
+            targets["litellm"] = (
+                f"http://127.0.0.1:{LITELLM_PORT}/v1/chat/completions",
+                {"Authorization": "Bearer sk-litellm-bench"},
             )
-            processes["litellm"] = subprocess.Popen(
-                [
-                    args.litellm,
-                    "--config",
-                    str(tmp / "litellm.yaml"),
-                    "--port",
-                    str(LITELLM_PORT),
-                    "--num_workers",
-                    "1",
-                ],
-                env={**env, "LITELLM_LOG": "ERROR"},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            wait_http(f"http://127.0.0.1:{LITELLM_PORT}/health/liveliness", timeout=300)
-            targets["litellm"] = (f"http://127.0.0.1:{LITELLM_PORT}/v1/chat/completions", "sk-litellm-bench")
+
+        # -- Portkey's gateway, one Node process, same upstream -------------------------------------
+        if args.portkey:
+            processes["portkey"] = start_portkey(args.portkey)
+            targets["portkey"] = (f"http://127.0.0.1:{PORTKEY_PORT}/v1/chat/completions", PORTKEY_HEADERS)
 
         versions = {"python": platform.python_version(), "meshgate": package_version(sys.executable, "meshgate")}
         if args.litellm:
             versions["litellm"] = package_version(str(Path(args.litellm).with_name("python")), "litellm")
+        if args.portkey:
+            versions.update(portkey_versions(args.portkey))
         versions["nginx"] = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True).stderr.strip()
         results = Results(
             date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -186,9 +242,9 @@ def main() -> None:
             versions=versions,
         )
         scripts = {}
-        for name, (_, token) in targets.items():
+        for name, (_, headers) in targets.items():
             scripts[name] = tmp / f"{name}.lua"
-            scripts[name].write_text(WRK_SCRIPT.format(body=body_json, key=token))
+            scripts[name].write_text(wrk_script(body_json, headers))
         connections = [int(c) for c in args.connections.split(",")]
         for round_index in range(args.rounds):
             for count in connections:
@@ -219,7 +275,7 @@ def main() -> None:
 
 
 def table(results: Results) -> str:
-    """Medians over rounds; added latency against the upstream alone; ratios against LiteLLM."""
+    """Medians over rounds; added latency against the upstream alone; meshgate's req/s against each peer that ran."""
     medians: dict[tuple[str, int], tuple[float, float, float]] = {}
     for key in {(r.target, r.connections) for r in results.runs}:
         runs = [r for r in results.runs if (r.target, r.connections) == key]
@@ -228,19 +284,25 @@ def table(results: Results) -> str:
             statistics.median(r.p50_ms for r in runs),
             statistics.median(r.p99_ms for r in runs),
         )
-    lines = [
-        "| target | connections | req/s | p50 ms | p99 ms | p50 added ms | p99 added ms | vs LiteLLM req/s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    peers = [peer for peer in PEERS if any(r.target == peer for r in results.runs)]
+    columns = ["target", "connections", "req/s", "p50 ms", "p99 ms", "p50 added ms", "p99 added ms"]
+    columns += [f"meshgate vs {PEERS[peer]}" for peer in peers]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for (target, count), (rps, p50, p99) in sorted(medians.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         base = medians.get(("upstream", count))
-        litellm = medians.get(("litellm", count))
-        added = (f"{p50 - base[1]:.2f}", f"{p99 - base[2]:.2f}") if base and target != "upstream" else ("", "")
-        ratio = f"{rps / litellm[0]:.1f}x" if litellm and target == "meshgate" else ""
-        lines.append(f"| {target} | {count} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {added[0]} | {added[1]} | {ratio} |")
+        added = [f"{p50 - base[1]:.2f}", f"{p99 - base[2]:.2f}"] if base and target != "upstream" else ["", ""]
+        ratios = [ratio(medians, target, peer, count) for peer in peers]
+        cells = [target, str(count), f"{rps:,.0f}", f"{p50:.2f}", f"{p99:.2f}", *added, *ratios]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Peak RSS (MB): " + ", ".join(f"{k} {v}" for k, v in results.peak_rss_mb.items()))
     return "\n".join(lines)
+
+
+def ratio(medians: dict[tuple[str, int], tuple[float, float, float]], target: str, peer: str, count: int) -> str:
+    """meshgate's req/s over the peer's, on meshgate's row only."""
+    theirs = medians.get((peer, count))
+    return f"{medians[(target, count)][0] / theirs[0]:.1f}x" if theirs and target == "meshgate" else ""
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ event as they arrive, never buffered. Upstream failures map to typed errors: unr
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal
 
@@ -30,8 +31,14 @@ from meshgate.providers.base import (
     ProviderType,
 )
 
+log = logging.getLogger("meshgate.providers")
 _json_decode = msgspec.json.Decoder().decode
 _json_encode = msgspec.json.Encoder().encode
+
+#: Errors before any response byte that mean the upstream closed a pooled keep-alive connection as
+#: we reused it (its idle timeout raced ours): the request did not reach it, so it is sent once more
+#: on a fresh connection, as Go's and urllib3's clients do. A refused connect is not among them.
+_STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 class Capabilities(BaseModel):
@@ -174,12 +181,21 @@ class _Upstream:
             provider=self.config.provider,
         )
 
-    async def post_json(self, path: str, payload: dict[str, Any]) -> Any:
+    async def _post(self, path: str, payload: dict[str, Any]) -> aiohttp.ClientResponse:
+        """Send the request; one retry when a reused connection turns out to be closed."""
         assert self.session is not None, "start() first"
+        body = _json_encode(payload)
         try:
-            async with self.session.post(
-                self.config.base_url + path, data=_json_encode(payload), headers=self.headers
-            ) as response:
+            return await self.session.post(self.config.base_url + path, data=body, headers=self.headers)
+        except aiohttp.ClientConnectorError:
+            raise
+        except _STALE_CONNECTION as exc:
+            log.info("upstream of %s closed a pooled connection (%s); retrying once", self.config.name, exc)
+            return await self.session.post(self.config.base_url + path, data=body, headers=self.headers)
+
+    async def post_json(self, path: str, payload: dict[str, Any]) -> Any:
+        try:
+            async with await self._post(path, payload) as response:
                 body = await response.read()
                 if response.status >= 400:
                     raise self._error_from_status(response.status, body, response.headers)
@@ -197,11 +213,8 @@ class _Upstream:
 
     async def post_stream(self, path: str, payload: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         """POST and yield each SSE `data:` event as a dict until `[DONE]`."""
-        assert self.session is not None, "start() first"
         try:
-            async with self.session.post(
-                self.config.base_url + path, data=_json_encode(payload), headers=self.headers
-            ) as response:
+            async with await self._post(path, payload) as response:
                 if response.status >= 400:
                     raise self._error_from_status(response.status, await response.read(), response.headers)
                 buffer = b""

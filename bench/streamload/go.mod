@@ -1,0 +1,3 @@
+module meshgate/bench/streamload
+
+go 1.19
