@@ -13,6 +13,7 @@ the first time a process sees it in a period, from the usage already recorded in
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,7 +32,22 @@ def to_nano(usd: float) -> int:
 
 def period_bounds(period: str, now: datetime | None = None) -> tuple[str, float, float]:
     """The period's id, start and end (unix seconds) containing `now`."""
-    now = now or datetime.now(UTC)
+    if now is None:
+        # Every budgeted call asks; the answer changes once a day at most, so it is kept until the
+        # period it names ends (datetime arithmetic and strftime cost more than the whole check).
+        cached = _current_periods.get(period)
+        if cached is not None and cached[1] <= time.time() < cached[2]:
+            return cached
+        cached = _period_bounds(period, datetime.now(UTC))
+        _current_periods[period] = cached
+        return cached
+    return _period_bounds(period, now)
+
+
+_current_periods: dict[str, tuple[str, float, float]] = {}
+
+
+def _period_bounds(period: str, now: datetime) -> tuple[str, float, float]:
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if period == "day":
         start, end, label = day, day + timedelta(days=1), day.strftime("%Y-%m-%d")

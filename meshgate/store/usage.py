@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 
 USAGE_COLUMNS = (
     "id",
@@ -51,7 +51,27 @@ class UsageRecord:
     error_kind: str | None
 
     def row(self) -> tuple[object, ...]:
-        values = list(astuple(self))
-        values[USAGE_COLUMNS.index("stream")] = int(self.stream)
-        values[USAGE_COLUMNS.index("cache_hit")] = int(self.cache_hit)
-        return tuple(values)
+        # Field by field rather than dataclasses.astuple, which deep-copies each value: this runs
+        # once per call on the hot path. USAGE_COLUMNS' order is checked against the fields below.
+        return (
+            self.id,
+            self.ts,
+            self.endpoint,
+            self.key_id,
+            self.team,
+            self.user_name,
+            self.model,
+            self.served_model,
+            self.status,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cost_usd,
+            self.latency_ms,
+            self.ttft_ms,
+            int(self.stream),
+            int(self.cache_hit),
+            self.error_kind,
+        )
+
+
+assert tuple(f.name for f in fields(UsageRecord)) == USAGE_COLUMNS, "UsageRecord.row() must follow USAGE_COLUMNS"
