@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,15 @@ http {{
   }}
 }}
 """
+
+
+def ensure_free(*ports: int) -> None:
+    """Stop at once when another process holds a port the bench needs: the bench would otherwise
+    measure (and fail against) whatever answers there."""
+    for port in ports:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                raise SystemExit(f"port {port} is in use by another process: stop it, or pick other ports")
 
 
 def wait_http(url: str, timeout: float = 120, headers: dict[str, str] | None = None) -> None:

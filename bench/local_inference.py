@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from harness import create_key, start_meshgate
+from harness import create_key, ensure_free, start_meshgate
 
 from meshgate.providers.local.prompt import PROMPT_FORMATS, render_prompt
 
@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--embedding-rounds", type=int, default=20)
     args = parser.parse_args()
+    ensure_free(PORT)
     tmp = Path(tempfile.mkdtemp(prefix="meshgate-local-bench-"))
     env = {**os.environ, "MESHGATE_DATA_DIR": str(tmp)}
     key = create_key(env)

@@ -27,7 +27,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness import EVERY_CONTROL, create_key, nginx_binary, start_meshgate, start_nginx, wait_http, write_mesh
+from harness import (
+    EVERY_CONTROL,
+    create_key,
+    ensure_free,
+    nginx_binary,
+    start_meshgate,
+    start_nginx,
+    wait_http,
+    write_mesh,
+)
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM_PORT, MESHGATE_PORT, LITELLM_PORT, PORTKEY_PORT = 18080, 18081, 18082, 18083
@@ -193,6 +202,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="JSON results file")
     parser.add_argument("--meshgate-workers", type=int, default=1, help="more than 1 uses the local Redis")
     args = parser.parse_args()
+    ensure_free(UPSTREAM_PORT, MESHGATE_PORT, LITELLM_PORT, PORTKEY_PORT)
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is missing: apt-get install nginx-light wrk")

@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from harness import EVERY_CONTROL, create_key, start_meshgate, start_nginx, write_mesh
+from harness import EVERY_CONTROL, create_key, ensure_free, start_meshgate, start_nginx, write_mesh
 from run import BODY, COMPLETION, MESHGATE_PORT, UPSTREAM_PORT, WRK_SCRIPT
 
 
@@ -48,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200_000)
     args = parser.parse_args()
+    ensure_free(UPSTREAM_PORT, MESHGATE_PORT)
     tmp = Path(tempfile.mkdtemp(prefix="meshgate-soak-"))
     processes: list[subprocess.Popen[bytes]] = []
     try:

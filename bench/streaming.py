@@ -13,6 +13,10 @@ arrives. A stall is a gap over twice the pacing between two chunks of one stream
 one that never arrived. `max open` is the most streams open at one instant and `all open s` how
 long all N were open together: proof that the streams really ran concurrently. The starts are
 spread over `--ramp` seconds (as load tools ramp up users); `--ramp 0` opens them all at once.
+
+Between the two, the "nginx proxy" row runs the same load through Debian's nginx (one worker) as a
+plain reverse proxy to the same upstream: what any proxy costs on this machine, a C one doing no
+work at all, the reference for meshgate's added TTFT and CPU. `--no-nginx` leaves it out.
 """
 
 from __future__ import annotations
@@ -27,10 +31,41 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import EVERY_CONTROL, create_key, start_meshgate, wait_http, write_mesh
+from harness import EVERY_CONTROL, create_key, ensure_free, nginx_binary, start_meshgate, wait_http, write_mesh
 
 HERE = Path(__file__).resolve().parent
-UPSTREAM_PORT, MESHGATE_PORT = 18085, 18086
+UPSTREAM_PORT, MESHGATE_PORT, NGINX_PORT = 18085, 18086, 18090
+
+NGINX_PROXY_CONF = """
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {tmp}/nginx-proxy.pid;
+error_log {tmp}/nginx-proxy-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  upstream paced {{
+    server 127.0.0.1:{upstream_port};
+    keepalive 2048;
+  }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    keepalive_requests 100000;
+    location / {{
+      proxy_pass http://paced;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
 
 
 def build_streamload(tmp: Path) -> Path:
@@ -47,6 +82,38 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time the process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of the process and its descendants (nginx: the master and its worker)."""
+    try:
+        total = cpu_seconds(pid)
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:  # exited in between
+        return 0.0
+    return total + sum(tree_cpu_seconds(int(child)) for child in children)
+
+
+def start_nginx_proxy(tmp: Path, port: int, upstream_port: int) -> subprocess.Popen[bytes]:
+    """Debian's nginx, one worker, as a plain streaming reverse proxy in front of the upstream."""
+    conf = tmp / "nginx-proxy.conf"
+    conf.write_text(NGINX_PROXY_CONF.format(tmp=tmp, port=port, upstream_port=upstream_port))
+    return subprocess.Popen([nginx_binary(), "-p", str(tmp), "-c", str(conf)])
+
+
+def through_proxy(
+    binary: Path,
+    process: subprocess.Popen[bytes],
+    url: str,
+    model: str,
+    key: str,
+    streams: int,
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], float]:
+    """The load through a proxy, and the proxy's CPU over it, in percent of one core."""
+    before = tree_cpu_seconds(process.pid)
+    figures = load(binary, url, model, key, streams, args)
+    return figures, 100 * (tree_cpu_seconds(process.pid) - before) / figures["wall_seconds"]
 
 
 def load(binary: Path, url: str, model: str, key: str, streams: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -89,33 +156,53 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=100, help="content chunks per stream")
     parser.add_argument("--ramp", type=float, default=1.0, help="seconds over which the streams start")
     parser.add_argument("--output", type=Path, default=None, help="JSON results file")
+    parser.add_argument("--no-nginx", action="store_true", help="leave out the nginx proxy row")
+    parser.add_argument("--upstream-port", type=int, default=UPSTREAM_PORT, help="the paced upstream's port")
+    parser.add_argument("--meshgate-port", type=int, default=MESHGATE_PORT, help="meshgate's port")
+    parser.add_argument("--nginx-port", type=int, default=NGINX_PORT, help="the nginx proxy's port")
     args = parser.parse_args()
+    ensure_free(args.upstream_port, args.meshgate_port, *([] if args.no_nginx else [args.nginx_port]))
+    with_nginx = not args.no_nginx
+    if with_nginx and not Path(nginx_binary()).exists():
+        print("nginx is missing (apt-get install nginx-light): no nginx proxy row", flush=True)
+        with_nginx = False
     tmp = Path(tempfile.mkdtemp(prefix="meshgate-stream-bench-"))
     env = {**os.environ, "MESHGATE_DATA_DIR": str(tmp / "meshgate"), "BENCH_UPSTREAM_KEY": "sk-unused"}
     binary = build_streamload(tmp)
     upstream_model = f"paced:{args.pace_ms}:{args.chunks}"
-    processes = [subprocess.Popen([str(binary), "serve", f"-addr=127.0.0.1:{UPSTREAM_PORT}"])]
+    processes = [subprocess.Popen([str(binary), "serve", f"-addr=127.0.0.1:{args.upstream_port}"])]
     results: list[dict[str, Any]] = []
     lines = [HEADER]
     try:
-        wait_http(f"http://127.0.0.1:{UPSTREAM_PORT}/v1/models")
-        config = write_mesh(tmp, UPSTREAM_PORT, upstream_model, name="paced")
+        wait_http(f"http://127.0.0.1:{args.upstream_port}/v1/models")
+        upstream_url = f"http://127.0.0.1:{args.upstream_port}/v1/chat/completions"
+        nginx = None
+        if with_nginx:
+            nginx = start_nginx_proxy(tmp, args.nginx_port, args.upstream_port)
+            processes.append(nginx)
+            wait_http(f"http://127.0.0.1:{args.nginx_port}/v1/models")
+        nginx_url = f"http://127.0.0.1:{args.nginx_port}/v1/chat/completions"
+        config = write_mesh(tmp, args.upstream_port, upstream_model, name="paced")
         key = create_key(env, *EVERY_CONTROL)
-        meshgate = start_meshgate(env, MESHGATE_PORT, "--config", str(config))
+        meshgate = start_meshgate(env, args.meshgate_port, "--config", str(config))
         processes.append(meshgate)
-        upstream_url = f"http://127.0.0.1:{UPSTREAM_PORT}/v1/chat/completions"
-        meshgate_url = f"http://127.0.0.1:{MESHGATE_PORT}/v1/chat/completions"
+        meshgate_url = f"http://127.0.0.1:{args.meshgate_port}/v1/chat/completions"
         load(binary, meshgate_url, "paced", key, 10, args)  # warm up: connections, code paths
+        if nginx is not None:
+            load(binary, nginx_url, upstream_model, "unused", 10, args)
         for streams in (int(s) for s in args.streams.split(",")):
             direct = load(binary, upstream_url, upstream_model, "unused", streams, args)
             lines.append(row("upstream", direct, None, None))
             print(lines[-1], flush=True)
-            before = cpu_seconds(meshgate.pid)
-            through = load(binary, meshgate_url, "paced", key, streams, args)
-            cpu = 100 * (cpu_seconds(meshgate.pid) - before) / through["wall_seconds"]
-            lines.append(row("meshgate", through, cpu, direct["ttft_p50_ms"]))
-            print(lines[-1], flush=True)
-            results += [{"target": "upstream", **direct}, {"target": "meshgate", "gateway_cpu_percent": cpu, **through}]
+            results.append({"target": "upstream", **direct})
+            proxies = [("meshgate", meshgate, meshgate_url, "paced", key)]
+            if nginx is not None:  # nginx forwards the body unchanged: the upstream's own model name
+                proxies.insert(0, ("nginx proxy", nginx, nginx_url, upstream_model, "unused"))
+            for target, proxy, url, model, target_key in proxies:
+                figures, cpu = through_proxy(binary, proxy, url, model, target_key, streams, args)
+                lines.append(row(target, figures, cpu, direct["ttft_p50_ms"]))
+                print(lines[-1], flush=True)
+                results.append({"target": target, "gateway_cpu_percent": cpu, **figures})
     finally:
         for process in reversed(processes):
             process.terminate()

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshgate.api import admin, health, openai, openapi
 from meshgate.api.responses import error_response, unexpected_error
+from meshgate.api.sse import RAW_SEND
 from meshgate.control.middleware import AuthMiddleware
 from meshgate.errors import MeshError, MethodNotAllowed, RouteNotFound
 from meshgate.gateway.runtime import Runtime
@@ -39,6 +40,7 @@ class RequestIdMiddleware:
             return
         request_id = "req_" + uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        scope[RAW_SEND] = send  # for streams' body messages, past the wrappers (see api/sse.py)
         header = (b"x-request-id", request_id.encode())
         started = False
 

@@ -82,40 +82,37 @@ def _cancelling() -> bool:
     return current is not None and current.cancelling() > 0
 
 
-def _sse(chunk: dict[str, Any]) -> bytes:
-    return b"data: " + encode_json(chunk) + b"\n\n"
-
-
 async def _stream_events(
-    first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]], call: Call, include_usage: bool
+    chunks: AsyncIterator[dict[str, Any]], call: Call, include_usage: bool
 ) -> AsyncIterator[bytes]:
-    """SSE bytes for the chunks. The usage chunk is the client's only if it asked for it."""
+    """SSE bytes for the chunks. The usage chunk is the client's only if it asked for it.
 
-    def shape(chunk: dict[str, Any]) -> bytes | None:
-        if include_usage:
-            chunk.setdefault("usage", None)
-            return _sse(chunk)
-        if not chunk.get("choices"):
-            return None  # the usage-only chunk the gateway asked for for its own accounting
-        chunk.pop("usage", None)
-        return _sse(chunk)
-
+    A failure before the first event is raised (EventStreamResponse answers it as an HTTP error);
+    after it, the failure becomes a last event in OpenAI's error schema."""
+    sent = False
     try:
-        if first is not None:
-            if (event := shape(first)) is not None:
-                yield event
-            async for chunk in rest:
-                if (event := shape(chunk)) is not None:
-                    yield event
+        async for chunk in chunks:
+            if include_usage:
+                chunk.setdefault("usage", None)
+            elif not chunk.get("choices"):
+                continue  # the usage-only chunk the gateway asked for for its own accounting
+            else:
+                chunk.pop("usage", None)
+            sent = True
+            yield b"data: " + encode_json(chunk) + b"\n\n"
         yield DONE
     except MeshError as error:
+        if not sent:
+            raise
         log.warning("stream %s failed: %s (%s)", call.request_id, error.message, error.kind)
         yield b"data: " + encode_json(error.body()) + b"\n\n"
     except Exception as exc:  # a bug: never leak it into the stream
+        if not sent:
+            raise
         log.error("stream %s failed unexpectedly", call.request_id, exc_info=exc)
         yield b"data: " + encode_json(InternalError(call.request_id).body()) + b"\n\n"
     finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 async def chat_completions(request: Request) -> Response:
@@ -125,16 +122,11 @@ async def chat_completions(request: Request) -> Response:
     if not body.stream:
         result = await _unless_disconnected(request, runtime.pipeline.complete(call))
         return JSONBytesResponse(result, headers=call.response_headers)
-    chunks = runtime.pipeline.stream(call)
-    # The first chunk is awaited here, so that failures before any output (unknown model, refused
-    # parameter, upstream down) are proper HTTP errors rather than events in a 200 stream.
-    try:
-        first: dict[str, Any] | None = await _unless_disconnected(request, chunks.__anext__())
-    except StopAsyncIteration:
-        first = None
-    return EventStreamResponse(  # type: ignore[return-value]
-        _stream_events(first, chunks, call, body.wants_usage_chunk), headers=call.response_headers
-    )
+    # The response awaits the first event before it starts, so that failures before any output
+    # (unknown model, refused parameter, upstream down) are proper HTTP errors. The headers are
+    # read then too: steps add theirs (rate-limit headers) on the way to the first event.
+    events = _stream_events(runtime.pipeline.stream(call), call, body.wants_usage_chunk)
+    return EventStreamResponse(events, headers=call.response_headers)  # type: ignore[return-value]
 
 
 def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:

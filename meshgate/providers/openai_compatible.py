@@ -227,15 +227,14 @@ class _Upstream:
             async with await self._post(path, payload) as response:
                 if response.status >= 400:
                     raise self._error_from_status(response.status, await response.read(), response.headers)
-                buffer = b""
-                async for piece in response.content.iter_any():
-                    buffer += piece
-                    while True:
-                        end = buffer.find(b"\n")
-                        if end < 0:
-                            break
-                        line, buffer = buffer[:end].rstrip(b"\r"), buffer[end + 1 :]
-                        if not line.startswith(b"data:"):
+                # Split in C (bytes.split) rather than a find-and-slice loop: this runs per event.
+                rest = b""
+                read = response.content.readany
+                while piece := await read():
+                    lines = (rest + piece if rest else piece).split(b"\n")
+                    rest = lines.pop()  # an incomplete line, kept for the next piece
+                    for line in lines:
+                        if line[:5] != b"data:":
                             continue  # comments, `event:` and blank separator lines
                         data = line[5:].strip()
                         if data == b"[DONE]":
