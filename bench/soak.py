@@ -18,10 +18,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from harness import EVERY_CONTROL, create_key, ensure_free, start_meshgate, start_nginx, write_mesh
-from run import BODY, COMPLETION, MESHGATE_PORT, UPSTREAM_PORT, WRK_SCRIPT
+from run import BODY, COMPLETION, MESHGATE_PORT, UPSTREAM_PORT, wrk_script
+
+HERE = Path(__file__).resolve().parent
 
 
 def rss_mb(pid: int) -> float:
@@ -47,6 +50,7 @@ def wrk_requests(url: str, script: Path, seconds: int) -> tuple[int, int, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--output", type=Path, default=None, help="JSON results file")
     args = parser.parse_args()
     ensure_free(UPSTREAM_PORT, MESHGATE_PORT)
     tmp = Path(tempfile.mkdtemp(prefix="meshgate-soak-"))
@@ -59,7 +63,7 @@ def main() -> None:
         server = start_meshgate(env, MESHGATE_PORT, "--config", str(config))
         processes.append(server)
         script = tmp / "soak.lua"
-        script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=key))
+        script.write_text(wrk_script(json.dumps(BODY), {"Authorization": f"Bearer {key}"}))
         url = f"http://127.0.0.1:{MESHGATE_PORT}/v1/chat/completions"
         warm, warm_errors, rps = wrk_requests(url, script, max(3, int(10_000 / 1500)))
         start_rss = rss_mb(server.pid)
@@ -73,6 +77,11 @@ def main() -> None:
             f"| {warm:,} | {served:,} | {rps:,.0f} | {errors + warm_errors} | {start_rss:.1f} | {end_rss:.1f} | "
             f"{growth:+.1%} |"
         )
+        output = args.output or HERE / "results" / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        figures = {"warmup_requests": warm, "requests": served, "rps": rps, "errors": errors + warm_errors}
+        output.write_text(json.dumps({**figures, "rss_start_mb": start_rss, "rss_end_mb": end_rss, "growth": growth}))
+        print(f"raw figures: {output}")
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)

@@ -65,3 +65,11 @@ def test_streaming_benchmark_smoke(tmp_path: Path) -> None:
         assert run["lost"] == 0
         assert run["chunks"] == 50 * 10
         assert run["max_concurrent"] > 1
+
+
+def test_soak_benchmark_smoke(tmp_path: Path) -> None:
+    need("nginx", "wrk")
+    results = run_bench("soak.py", tmp_path / "soak.json", "--requests", "2000")
+    assert results["errors"] == 0
+    assert results["requests"] >= 1000  # at least 10 s of load: far more on any machine that runs it
+    assert results["rss_start_mb"] > 0 and results["rss_end_mb"] > 0
