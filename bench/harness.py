@@ -18,18 +18,22 @@ from typing import Any
 #: A key that passes through every control (rate limit, TPM, budget) without being stopped by it.
 EVERY_CONTROL = ["--rpm", "100000000", "--tpm", "1000000000000", "--budget", "1000000", "--budget-period", "day"]
 
+
+def nginx_http_common(tmp: Path) -> str:
+    """No access log, and temporary files in `tmp`: Debian's nginx would use /var/lib/nginx."""
+    paths = (f"  {kind}_temp_path {tmp}/{kind.split('_')[0]};" for kind in NGINX_TEMP_KINDS)
+    return "  access_log off;\n" + "\n".join(paths)
+
+
+NGINX_TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
 NGINX_CONF = """
 worker_processes 1;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
-  client_body_temp_path {tmp}/body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
+{http_common}
   keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port};
@@ -68,7 +72,8 @@ def nginx_binary() -> str:
 
 def start_nginx(tmp: Path, port: int, completion: dict[str, Any]) -> subprocess.Popen[bytes]:
     """nginx answering every POST /v1/chat/completions with the same fixed completion."""
-    (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port, body=json.dumps(completion)))
+    text = NGINX_CONF.format(tmp=tmp, port=port, body=json.dumps(completion), http_common=nginx_http_common(tmp))
+    (tmp / "nginx.conf").write_text(text)
     process = subprocess.Popen([nginx_binary(), "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"])
     wait_http(f"http://127.0.0.1:{port}/v1/chat/completions")
     return process

@@ -31,7 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import EVERY_CONTROL, create_key, ensure_free, nginx_binary, start_meshgate, wait_http, write_mesh
+from harness import (
+    EVERY_CONTROL,
+    create_key,
+    ensure_free,
+    nginx_binary,
+    nginx_http_common,
+    start_meshgate,
+    wait_http,
+    write_mesh,
+)
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM_PORT, MESHGATE_PORT, NGINX_PORT = 18085, 18086, 18090
@@ -44,12 +53,7 @@ pid {tmp}/nginx-proxy.pid;
 error_log {tmp}/nginx-proxy-error.log warn;
 events {{ worker_connections 8192; }}
 http {{
-  access_log off;
-  client_body_temp_path {tmp}/body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
+{http_common}
   upstream paced {{
     server 127.0.0.1:{upstream_port};
     keepalive 2048;
@@ -97,7 +101,8 @@ def tree_cpu_seconds(pid: int) -> float:
 def start_nginx_proxy(tmp: Path, port: int, upstream_port: int) -> subprocess.Popen[bytes]:
     """Debian's nginx, one worker, as a plain streaming reverse proxy in front of the upstream."""
     conf = tmp / "nginx-proxy.conf"
-    conf.write_text(NGINX_PROXY_CONF.format(tmp=tmp, port=port, upstream_port=upstream_port))
+    text = NGINX_PROXY_CONF.format(tmp=tmp, port=port, upstream_port=upstream_port, http_common=nginx_http_common(tmp))
+    conf.write_text(text)
     return subprocess.Popen([nginx_binary(), "-p", str(tmp), "-c", str(conf)])
 
 
