@@ -311,8 +311,8 @@ class _Upstream:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transport_error(exc) from None
         except asyncio.CancelledError:
-            if not watchdog.fired:
-                raise
+            if not watchdog.fired or watchdog.task.cancelling() > 1:
+                raise  # cancelled by someone else (a hang-up, shutdown): theirs to handle
             watchdog.task.uncancel()
             raise UpstreamTimeout(
                 f"The upstream of `{self.config.name}` sent nothing for {self.config.read_timeout:g}s",
