@@ -40,7 +40,10 @@ class RequestIdMiddleware:
             return
         request_id = "req_" + uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        scope[RAW_SEND] = send  # for streams' body messages, past the wrappers (see api/sse.py)
+        # For streams' body messages, past the wrappers (see api/sse.py). Taken out again when the
+        # request ends: the scope outlives it inside the server's request object, and the send
+        # refers back to that object, a reference cycle per request for the GC to find otherwise.
+        scope[RAW_SEND] = send
         header = (b"x-request-id", request_id.encode())
         started = False
 
@@ -60,6 +63,8 @@ class RequestIdMiddleware:
                 return
             response = unexpected_error(exc, request_id)
             await response(scope, receive, send_with_id)
+        finally:
+            del scope[RAW_SEND]
 
 
 def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:

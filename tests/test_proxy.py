@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import struct
 import time
@@ -219,3 +220,33 @@ async def test_hang_up_before_the_answer_is_a_quiet_499(
         "SELECT status, error_kind FROM usage WHERE model = 'slow' ORDER BY ts DESC LIMIT 1"
     )
     assert row == {"status": 499, "error_kind": "client_disconnected"}
+
+
+def _origin(thing: object) -> str:
+    """The module a garbage object comes from: a function's own module, else its type's."""
+    module = getattr(thing, "__module__", None) if callable(thing) and not isinstance(thing, type) else None
+    return str(module or type(thing).__module__)
+
+
+async def test_calls_leave_no_reference_cycles(proxy_url: str, proxy_client: AppClient) -> None:
+    """A served call frees its objects by reference counting alone: each cycle left behind is work
+    for the garbage collector, whose pauses land in the latency tail (measured: one cycle of 17
+    objects per request, from the server's `send` kept in the scope, cost p99 at concurrency 1)."""
+    headers = {"authorization": f"Bearer {proxy_client.key}"}
+    async with httpx.AsyncClient(headers=headers) as http:
+        for stream in (False, True):  # warm-up: caches, pools, lazily built objects
+            response = await http.post(proxy_url + CHAT, json={"model": "bench", "messages": HELLO, "stream": stream})
+            assert response.status_code == 200
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for stream in (False, True, False, True):
+                body = {"model": "bench", "messages": HELLO, "stream": stream}
+                response = await http.post(proxy_url + CHAT, json=body)
+                assert response.status_code == 200
+            gc.collect()
+            server_side = [o for o in gc.garbage if _origin(o).startswith(("uvicorn", "starlette", "meshgate"))]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert server_side == [], [repr(o)[:100] for o in server_side[:10]]
