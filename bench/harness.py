@@ -55,6 +55,16 @@ def ensure_free(*ports: int) -> None:
                 raise SystemExit(f"port {port} is in use by another process: stop it, or pick other ports")
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (nginx's workers, uvicorn's, a Node gateway's children), as far
+    as they are still running."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:  # exited in between
+        return []
+    return [pid, *(one for child in children for one in process_tree(int(child)))]
+
+
 def wait_http(url: str, timeout: float = 120, headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -32,6 +32,7 @@ from harness import (
     create_key,
     ensure_free,
     nginx_binary,
+    process_tree,
     start_meshgate,
     start_nginx,
     wait_http,
@@ -93,12 +94,9 @@ class Results:
 
 
 def peak_rss_mb(pid: int) -> float:
-    """VmHWM of the process and its children (uvicorn/gunicorn workers)."""
+    """VmHWM of the process and its descendants (uvicorn workers)."""
     total = 0.0
-    pids = [pid] + [
-        int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    ]
-    for one in pids:
+    for one in process_tree(pid):
         try:
             for line in Path(f"/proc/{one}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):

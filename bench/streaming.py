@@ -22,6 +22,7 @@ work at all, the reference for meshgate's added TTFT and CPU. `--no-nginx` leave
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ from harness import (
     ensure_free,
     nginx_binary,
     nginx_http_common,
+    process_tree,
     start_meshgate,
     wait_http,
     write_mesh,
@@ -90,12 +92,11 @@ def cpu_seconds(pid: int) -> float:
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time of the process and its descendants (nginx: the master and its worker)."""
-    try:
-        total = cpu_seconds(pid)
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except FileNotFoundError:  # exited in between
-        return 0.0
-    return total + sum(tree_cpu_seconds(int(child)) for child in children)
+    total = 0.0
+    for one in process_tree(pid):
+        with contextlib.suppress(FileNotFoundError):  # exited in between
+            total += cpu_seconds(one)
+    return total
 
 
 def start_nginx_proxy(tmp: Path, port: int, upstream_port: int) -> subprocess.Popen[bytes]:

@@ -113,7 +113,7 @@ class _ReadWatchdog:
     """A stream's read timeout: the longest wait for the upstream's next bytes.
 
     aiohttp's own `sock_read` re-arms a loop timer on every read. At thousands of stream events a
-    second that was a third of the gateway's CPU (bench/streaming.py, 100 streams). Here a read
+    second that was a fifth of the gateway's CPU (bench/streaming.py, 100 streams). Here a read
     only notes when its wait began; the single timer looks every `timeout` seconds, and cancels
     the reading task when a wait has lasted that long. Time the consumer spends elsewhere (a slow
     client) does not count: only waits on the upstream do.
