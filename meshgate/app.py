@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from meshgate.api import admin, health, openai, openapi
 from meshgate.api.responses import error_response, unexpected_error
 from meshgate.api.sse import RAW_SEND
+from meshgate.collector import Collector
 from meshgate.control.middleware import AuthMiddleware
 from meshgate.errors import MeshError, MethodNotAllowed, RouteNotFound
 from meshgate.gateway.runtime import Runtime
@@ -30,9 +30,10 @@ class RequestIdMiddleware:
     """Gives every request an id (`x-request-id` on every response) and turns any unexpected
     exception into a 500 in OpenAI's schema without a traceback."""
 
-    def __init__(self, app: ASGIApp, counters: Counters) -> None:
+    def __init__(self, app: ASGIApp, counters: Counters, collector: Collector) -> None:
         self.app = app
         self.counters = counters
+        self.collector = collector
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,6 +47,7 @@ class RequestIdMiddleware:
         scope[RAW_SEND] = send
         header = (b"x-request-id", request_id.encode())
         started = False
+        self.collector.active += 1
 
         async def send_with_id(message: Message) -> None:
             nonlocal started
@@ -65,11 +67,13 @@ class RequestIdMiddleware:
             await response(scope, receive, send_with_id)
         finally:
             del scope[RAW_SEND]
+            self.collector.active -= 1
 
 
 def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     """The ASGI app. With `manage_runtime`, its lifespan starts and stops the runtime."""
     counters = runtime.counters
+    collector = Collector(runtime.settings.gc_full_interval)
 
     async def on_mesh_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, MeshError)
@@ -100,14 +104,12 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if manage_runtime:
             await runtime.start()
-            # Everything built at startup (models, config, modules) lives until exit: moving it out
-            # of the collector's view keeps full collections, and their pauses, short.
-            gc.collect()
-            gc.freeze()
+            collector.start()
         try:
             yield
         finally:
             if manage_runtime:
+                collector.stop()
                 await runtime.stop()
 
     app = Starlette(
@@ -120,5 +122,5 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     app.state.openapi = openapi.build_openapi()
     # Added last = runs first: request id and error guard outermost, then authentication.
     app.add_middleware(AuthMiddleware, policy=lambda: runtime.policy, counters=counters)
-    app.add_middleware(RequestIdMiddleware, counters=counters)
+    app.add_middleware(RequestIdMiddleware, counters=counters, collector=collector)
     return app

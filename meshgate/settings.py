@@ -45,6 +45,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_body_bytes", int, 8 * 1024 * 1024, "Largest accepted request body, in bytes (413 above)."),
     Setting("request_timeout", float, 600.0, "Seconds a whole call to a model may take before 504."),
     Setting("shutdown_timeout", float, 30.0, "Seconds to let in-flight requests finish on SIGINT/SIGTERM."),
+    Setting(
+        "gc_full_interval",
+        float,
+        600.0,
+        "Python's full garbage collections run when no request is in flight, or at the latest every this "
+        "many seconds under unbroken load (their pause grows with open streams); 0: the interpreter's own.",
+    ),
     Setting("auth", bool, True, "Require API keys; `--no-auth` is allowed only on a loopback host."),
     Setting("redis_url", str, "", "Redis for rate limits shared by several replicas (`redis://host:6379/0`)."),
     Setting("oidc_jwks", str, "", "JWKS (file path or URL) to accept OIDC/JWT bearer tokens besides keys."),
@@ -86,6 +93,7 @@ class ServerSettings:
     max_body_bytes: int
     request_timeout: float
     shutdown_timeout: float
+    gc_full_interval: float
     auth: bool
     redis_url: str
     oidc_jwks: str

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -82,37 +82,33 @@ def _cancelling() -> bool:
     return current is not None and current.cancelling() > 0
 
 
-async def _stream_events(
-    chunks: AsyncIterator[dict[str, Any]], call: Call, include_usage: bool
-) -> AsyncIterator[bytes]:
-    """SSE bytes for the chunks. The usage chunk is the client's only if it asked for it.
+def _chunk_encoder(include_usage: bool) -> Callable[[dict[str, Any]], bytes | None]:
+    """SSE bytes for a chunk. The usage chunk is the client's only if it asked for it."""
 
-    A failure before the first event is raised (EventStreamResponse answers it as an HTTP error);
-    after it, the failure becomes a last event in OpenAI's error schema."""
-    sent = False
-    try:
-        async for chunk in chunks:
-            if include_usage:
-                chunk.setdefault("usage", None)
-            elif not chunk.get("choices"):
-                continue  # the usage-only chunk the gateway asked for for its own accounting
-            else:
-                chunk.pop("usage", None)
-            sent = True
-            yield b"data: " + encode_json(chunk) + b"\n\n"
-        yield DONE
-    except MeshError as error:
-        if not sent:
-            raise
-        log.warning("stream %s failed: %s (%s)", call.request_id, error.message, error.kind)
-        yield b"data: " + encode_json(error.body()) + b"\n\n"
-    except Exception as exc:  # a bug: never leak it into the stream
-        if not sent:
-            raise
-        log.error("stream %s failed unexpectedly", call.request_id, exc_info=exc)
-        yield b"data: " + encode_json(InternalError(call.request_id).body()) + b"\n\n"
-    finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+    def encode(chunk: dict[str, Any]) -> bytes | None:
+        if include_usage:
+            chunk.setdefault("usage", None)
+        elif not chunk.get("choices"):
+            return None  # the usage-only chunk the gateway asked for for its own accounting
+        else:
+            chunk.pop("usage", None)
+        return b"data: " + encode_json(chunk) + b"\n\n"
+
+    return encode
+
+
+def _failure_event(call: Call) -> Callable[[Exception], bytes]:
+    """A failure after the first event becomes a last event in OpenAI's error schema."""
+
+    def failure(error: Exception) -> bytes:
+        if isinstance(error, MeshError):
+            log.warning("stream %s failed: %s (%s)", call.request_id, error.message, error.kind)
+            return b"data: " + encode_json(error.body()) + b"\n\n"
+        # A bug: logged, never leaked into the stream.
+        log.error("stream %s failed unexpectedly", call.request_id, exc_info=error)
+        return b"data: " + encode_json(InternalError(call.request_id).body()) + b"\n\n"
+
+    return failure
 
 
 async def chat_completions(request: Request) -> Response:
@@ -122,11 +118,16 @@ async def chat_completions(request: Request) -> Response:
     if not body.stream:
         result = await _unless_disconnected(request, runtime.pipeline.complete(call))
         return JSONBytesResponse(result, headers=call.response_headers)
-    # The response awaits the first event before it starts, so that failures before any output
+    # The response starts only once the first chunk is there, so that failures before any output
     # (unknown model, refused parameter, upstream down) are proper HTTP errors. The headers are
-    # read then too: steps add theirs (rate-limit headers) on the way to the first event.
-    events = _stream_events(runtime.pipeline.stream(call), call, body.wants_usage_chunk)
-    return EventStreamResponse(events, headers=call.response_headers)  # type: ignore[return-value]
+    # read then too: steps add theirs (rate-limit headers) on the way to the first chunk.
+    return EventStreamResponse(  # type: ignore[return-value]
+        lambda writer: runtime.pipeline.stream(call, writer),
+        _chunk_encoder(body.wants_usage_chunk),
+        _failure_event(call),
+        DONE,
+        headers=call.response_headers,
+    )
 
 
 def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, cast
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from meshgate.errors import ClientDisconnected
+from meshgate.providers.streaming import Valve
 
 log = logging.getLogger("meshgate.api")
 
@@ -31,56 +33,152 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),  # tell nginx-like proxies not to buffer
 ]
 
+#: Turns a chunk into the bytes of its event, or None to leave it out.
+Encode = Callable[[dict[str, Any]], "bytes | None"]
+
 #: Scope key under which the outermost middleware keeps the server's unwrapped `send`.
 RAW_SEND = "meshgate.raw_send"
 
 
-class EventStreamResponse:
-    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
-        self.events = events
-        self.extra_headers = headers
+class SSEWriter:
+    """The client side of one stream (a pipeline ChunkSink): each chunk encoded and written at once.
+
+    `deliver` runs inside the upstream's read callback, so the server's `send` is driven by hand:
+    uvicorn's finishes in one step unless the client stopped reading and the transport is full.
+    Then the rest of that send runs in a task, later chunks queue behind it, and the valve stays
+    closed (the upstream socket paused) until it is through.
+    """
+
+    def __init__(self, send: Send, raw_send: Send, headers: dict[str, str], encode: Encode) -> None:
+        self.send, self.raw_send, self.headers, self.encode = send, raw_send, headers, encode
+        self.valve = Valve()
         self.started = False
+        self.flusher: asyncio.Future[None] | None = None
+        self._backlog: list[bytes] | None = None  # not None while a send is suspended
+        self._broken: BaseException | None = None
+
+    async def start(self) -> None:
+        headers = SSE_HEADERS + [(k.encode(), v.encode()) for k, v in self.headers.items()]
+        self.started = True
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    def deliver(self, chunk: dict[str, Any]) -> None:
+        data = self.encode(chunk)
+        if data is not None:
+            self.write(data)
+
+    def write(self, body: bytes) -> None:
+        if self._broken is not None:
+            raise self._broken
+        if self._backlog is not None:
+            self._backlog.append(body)
+            return
+        sending = cast(Coroutine[Any, Any, None], self.raw_send(_body(body)))
+        try:
+            blocker = sending.send(None)
+        except StopIteration:
+            return
+        self._backlog = []
+        self.valve.pause()
+        self.flusher = asyncio.ensure_future(self._flush(sending, blocker))
+
+    async def _flush(self, sending: Coroutine[Any, Any, None], blocker: Any) -> None:
+        try:
+            await _Resumed(sending, blocker)
+            while self._backlog:
+                body = b"".join(self._backlog)
+                self._backlog.clear()
+                await self.raw_send(_body(body))
+        except BaseException as exc:
+            self._broken = exc
+            raise
+        self._backlog = None
+        self.valve.resume()
+
+    async def end(self, tail: bytes) -> None:
+        if self.flusher is not None:
+            await self.flusher
+        await self.raw_send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _body(body: bytes) -> Message:
+    return {"type": "http.response.body", "body": body, "more_body": True}
+
+
+class _Resumed:
+    """Awaits the rest of a coroutine that was stepped by hand and suspended on `blocker`."""
+
+    __slots__ = ("blocker", "coro")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], blocker: Any) -> None:
+        self.coro, self.blocker = coro, blocker
+
+    def __await__(self) -> Generator[Any, None, None]:
+        coro, waiting_on = self.coro, self.blocker
+        while True:
+            try:
+                yield waiting_on  # the task waits on what the coroutine waited on
+            except BaseException as exc:  # cancelled: hand it in
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting_on = coro.send(None)
+            except StopIteration:
+                return
+
+
+class EventStreamResponse:
+    """An SSE response fed by `produce(writer)`; ends with `done`, or with `failure(error)` when
+    the stream fails after it started (before, the error is raised for the app's handlers)."""
+
+    def __init__(
+        self,
+        produce: Callable[[SSEWriter], Awaitable[None]],
+        encode: Encode,
+        failure: Callable[[Exception], bytes],
+        done: bytes,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.produce, self.encode, self.failure, self.done = produce, encode, failure, done
+        self.headers = headers if headers is not None else {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pump = asyncio.ensure_future(self._pump(send, scope.get(RAW_SEND, send)))
+        writer = SSEWriter(send, scope.get(RAW_SEND, send), self.headers, self.encode)
+        main = asyncio.ensure_future(self._run(writer))
         watch = asyncio.ensure_future(self._watch(receive))
         try:
-            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((main, watch), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (pump, watch):
-                if not task.done():
+            for task in (main, watch, writer.flusher):
+                if task is not None and not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-        if pump.cancelled():
-            if not self.started:
+        if main.cancelled():
+            if not writer.started:
                 raise ClientDisconnected()  # gone before the first event: counted and logged as 499
             return
-        error = pump.exception()
+        error = main.exception()
         if error is None:
             return
-        if not self.started:
+        if not writer.started:
             raise error  # before any byte: the app's error handlers answer it
         # After the start, a write to a closed connection: the client is gone, nothing to tell it.
         log.debug("stream ended by a failed write: %r", error)
 
-    async def _pump(self, send: Send, raw_send: Send) -> None:
-        events = self.events
+    async def _run(self, writer: SSEWriter) -> None:
         try:
-            try:
-                first: bytes | None = await events.__anext__()
-            except StopAsyncIteration:
-                first = None
-            headers = SSE_HEADERS + [(k.encode(), v.encode()) for k, v in (self.extra_headers or {}).items()]
-            self.started = True
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            if first is not None:
-                await raw_send({"type": "http.response.body", "body": first, "more_body": True})
-                async for event in events:
-                    await raw_send({"type": "http.response.body", "body": event, "more_body": True})
-            await raw_send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await self.produce(writer)
+        except Exception as error:
+            if not writer.started:
+                raise
+            tail = self.failure(error)
+        else:
+            tail = self.done
+        await writer.end(tail)
 
     @staticmethod
     async def _watch(receive: Receive) -> None:

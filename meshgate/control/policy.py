@@ -145,13 +145,11 @@ class Policy:
             return self._token_principal(token)
         digest = hash_key(token)
         found = self.keys.by_hash.get(digest)
-        # One message for unknown, wrong, revoked and expired keys: a caller learns nothing from it.
-        refused = AuthenticationError("Incorrect API key provided.")
         if found is None or not hmac.compare_digest(found[0], digest):
-            raise refused
+            raise _refused()
         principal = found[1]
         if principal.expires_at is not None and principal.expires_at <= time.time():
-            raise refused
+            raise _refused()
         return principal
 
     def _token_principal(self, token: str) -> Principal:
@@ -189,3 +187,8 @@ class Policy:
                     f"The team `{principal.team}` may use only the models {', '.join(principal.team_models)}; "
                     f"it lacks the grant model:{name}:use."
                 )
+
+
+def _refused() -> AuthenticationError:
+    # One message for unknown, wrong, revoked and expired keys: a caller learns nothing from it.
+    return AuthenticationError("Incorrect API key provided.")

@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from meshgate.errors import ClientDisconnected, InvalidRequest, MeshError, ModelNotFound
 from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest, message_text
 from meshgate.providers.base import CallContext, ChatModel, EmbeddingInput, EmbeddingModel, Embeddings, Model
+from meshgate.providers.streaming import Valve, relay
 
 M = TypeVar("M", bound=Model)
 
@@ -95,6 +96,19 @@ class Call:
         if self.model is not None:
             price = self.model.config.price
             self.cost_usd = (self.prompt_tokens * price.input + self.completion_tokens * price.output) / 1_000_000
+
+
+class ChunkSink(Protocol):
+    """Where a streamed call's chunks go (the API's SSE writer)."""
+
+    valve: Valve
+
+    def deliver(self, chunk: dict[str, Any]) -> None:
+        """Takes one chunk (see providers.streaming.Deliver)."""
+
+    async def start(self) -> None:
+        """Called once, after the first chunk arrived (or the stream ended without one), before
+        any chunk is delivered."""
 
 
 class Step:
@@ -173,26 +187,37 @@ class Pipeline:
                 call.response_text = str((choices[0].get("message") or {}).get("content") or "")
             return result
 
-    async def stream(self, call: Call) -> AsyncGenerator[dict[str, Any], None]:
-        """Yield chunks; the last one holds usage. Closing early counts as a hang-up (status 499)."""
+    async def stream(self, call: Call, sink: ChunkSink) -> None:
+        """Stream the call's chunks into `sink`; the last one holds usage. The first chunk is
+        pulled before `sink.start()`, so that a failure before any output raises from here (a
+        plain HTTP error); the rest are relayed, pushed where the provider can. Cancelled (the
+        client hung up), the call counts as a hang-up (status 499)."""
         assert isinstance(call.request, ChatCompletionRequest)
         call.stream = True
         async with self._calling(call, ChatModel) as model:
             chunks = model.stream(call.request, call.context())
             pieces: list[str] | None = [] if self.capture_content else None
+            deliver = sink.deliver
+
+            def take(chunk: dict[str, Any]) -> None:
+                if _has_output(chunk):
+                    call.streamed_pieces += 1
+                    if pieces is not None:
+                        pieces.append(str((chunk["choices"][0].get("delta") or {}).get("content") or ""))
+                    if call.first_token_at is None:
+                        call.first_token_at = time.monotonic()
+                usage = chunk.get("usage")
+                if usage:
+                    call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                    call.completion_tokens = int(usage.get("completion_tokens") or 0)
+                deliver(chunk)
+
             try:
-                async for chunk in chunks:
-                    if _has_output(chunk):
-                        call.streamed_pieces += 1
-                        if pieces is not None:
-                            pieces.append(str((chunk["choices"][0].get("delta") or {}).get("content") or ""))
-                        if call.first_token_at is None:
-                            call.first_token_at = time.monotonic()
-                    usage = chunk.get("usage")
-                    if usage:
-                        call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                        call.completion_tokens = int(usage.get("completion_tokens") or 0)
-                    yield chunk
+                first = await anext(chunks, None)
+                await sink.start()
+                if first is not None:
+                    take(first)
+                    await relay(chunks, take, sink.valve)
             finally:
                 await chunks.aclose()  # type: ignore[attr-defined]
                 if pieces is not None:

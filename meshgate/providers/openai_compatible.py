@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import aiohttp
@@ -30,6 +30,8 @@ from meshgate.providers.base import (
     ProviderContext,
     ProviderType,
 )
+from meshgate.providers.sse_upstream import UpstreamEventStream
+from meshgate.providers.stream_client import StreamPool
 
 log = logging.getLogger("meshgate.providers")
 _json_decode = msgspec.json.Decoder().decode
@@ -109,38 +111,6 @@ def _profile(config: OpenAICompatibleConfig) -> CapabilityProfile:
     )
 
 
-class _ReadWatchdog:
-    """A stream's read timeout: the longest wait for the upstream's next bytes.
-
-    aiohttp's own `sock_read` re-arms a loop timer on every read. At thousands of stream events a
-    second that was a fifth of the gateway's CPU (bench/streaming.py, 100 streams). Here a read
-    only notes when its wait began; the single timer looks every `timeout` seconds, and cancels
-    the reading task when a wait has lasted that long. Time the consumer spends elsewhere (a slow
-    client) does not count: only waits on the upstream do.
-    """
-
-    def __init__(self, timeout: float) -> None:
-        self.loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None, "streams are read in a task"
-        self.task = task
-        self.timeout = timeout
-        self.waiting_since: float | None = None
-        self.fired = False
-        self._handle = self.loop.call_at(self.loop.time() + timeout, self._check)
-
-    def _check(self) -> None:
-        now, since = self.loop.time(), self.waiting_since
-        if since is not None and now - since >= self.timeout:
-            self.fired = True
-            self.task.cancel()
-            return
-        self._handle = self.loop.call_at((now if since is None else since) + self.timeout, self._check)
-
-    def close(self) -> None:
-        self._handle.cancel()
-
-
 class _Upstream:
     """The HTTP side shared by the chat and embedding adapters: pool, headers, error mapping."""
 
@@ -151,11 +121,14 @@ class _Upstream:
         self.headers = {"content-type": "application/json", **config.headers}
         if config.api_key is not None:
             self.headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-
-    @property
-    def stream_timeout(self) -> aiohttp.ClientTimeout:
-        # No sock_read: a stream's silence is watched by _ReadWatchdog instead (see there).
-        return aiohttp.ClientTimeout(total=self.total_timeout, sock_connect=self.config.connect_timeout)
+        #: Streams go through their own callback-driven client (meshgate/providers/stream_client.py).
+        self.streams = StreamPool(
+            config.base_url,
+            self.headers,
+            limit=config.max_connections,
+            connect_timeout=config.connect_timeout,
+            keepalive_timeout=60,
+        )
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.config.max_connections, keepalive_timeout=60)
@@ -174,6 +147,7 @@ class _Upstream:
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
+        await self.streams.close()
 
     def _error_from_status(self, status: int, body: bytes, headers: Any) -> MeshError:
         message = ""
@@ -258,73 +232,6 @@ class _Upstream:
                 provider=self.config.provider,
             ) from None
 
-    async def post_stream(
-        self, path: str, payload: dict[str, Any], model: str | None = None
-    ) -> AsyncGenerator[dict[str, Any], None]:
-        """POST and yield each SSE `data:` event as a dict until `[DONE]`, its `model` set to `model`.
-
-        The rename happens here rather than in a wrapping generator: every generator layer costs a
-        few microseconds per event, and a thousand streams make fifty thousand events a second."""
-        watchdog = _ReadWatchdog(self.config.read_timeout)
-        now = watchdog.loop.time
-        try:
-            watchdog.waiting_since = now()
-            async with await self._post(path, payload, self.stream_timeout) as response:
-                watchdog.waiting_since = None
-                if response.status >= 400:
-                    raise self._error_from_status(response.status, await response.read(), response.headers)
-                # Split in C (bytes.split) rather than a find-and-slice loop: this runs per event.
-                rest = b""
-                read = response.content.readany
-                while True:
-                    watchdog.waiting_since = now()
-                    piece = await read()
-                    watchdog.waiting_since = None
-                    if not piece:
-                        break
-                    lines = (rest + piece if rest else piece).split(b"\n")
-                    rest = lines.pop()  # an incomplete line, kept for the next piece
-                    for line in lines:
-                        if line[:5] != b"data:":
-                            continue  # comments, `event:` and blank separator lines
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            return
-                        try:
-                            event = _json_decode(data)
-                        except msgspec.DecodeError:
-                            raise UpstreamError(
-                                f"The upstream of `{self.config.name}` sent an unreadable stream event",
-                                provider=self.config.provider,
-                            ) from None
-                        if isinstance(event, dict) and "error" in event:
-                            raise UpstreamError(
-                                f"The upstream of `{self.config.name}` failed mid-stream: "
-                                f"{(event['error'] or {}).get('message', '')}",
-                                provider=self.config.provider,
-                            )
-                        if model is not None and isinstance(event, dict):
-                            event["model"] = model
-                        yield event
-        except MeshError:
-            raise
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc) from None
-        except asyncio.CancelledError:
-            if not watchdog.fired or watchdog.task.cancelling() > 1:
-                raise  # cancelled by someone else (a hang-up, shutdown): theirs to handle
-            watchdog.task.uncancel()
-            raise UpstreamTimeout(
-                f"The upstream of `{self.config.name}` sent nothing for {self.config.read_timeout:g}s",
-                provider=self.config.provider,
-            ) from None
-        finally:
-            watchdog.close()
-        raise UpstreamError(
-            f"The upstream of `{self.config.name}` ended the stream early (no [DONE])",
-            provider=self.config.provider,
-        )
-
 
 class _UpstreamModel(Model):
     """What the chat and embedding adapters share: the profile, the pool and its lifecycle."""
@@ -365,7 +272,17 @@ class OpenAICompatibleChat(_UpstreamModel, ChatModel):
         return result
 
     def stream(self, request: ChatCompletionRequest, call: CallContext) -> AsyncIterator[dict[str, Any]]:
-        return self.upstream.post_stream("/chat/completions", self._payload(request, stream=True), self.name)
+        upstream = self.upstream
+        return UpstreamEventStream(
+            upstream.streams,
+            upstream.streams.request("/chat/completions", _json_encode(self._payload(request, stream=True))),
+            name=self.name,
+            provider=self.provider,
+            model=self.name,
+            read_timeout=self.config.read_timeout,
+            total_timeout=upstream.total_timeout,
+            status_error=upstream._error_from_status,
+        )
 
 
 class OpenAICompatibleEmbedding(_UpstreamModel, EmbeddingModel):
