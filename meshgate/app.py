@@ -119,6 +119,7 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     )
     app.state.runtime = runtime
     app.state.counters = counters
+    app.state.collector = collector
     app.state.openapi = openapi.build_openapi()
     # Added last = runs first: request id and error guard outermost, then authentication.
     app.add_middleware(AuthMiddleware, policy=lambda: runtime.policy, counters=counters)

@@ -120,6 +120,8 @@ class _Upstream:
         self.session: aiohttp.ClientSession | None = None
         self.headers = {"content-type": "application/json", **config.headers}
         if config.api_key is not None:
+            # The key wins over a configured header of the same name, whatever its case.
+            self.headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
             self.headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
         #: Streams go through their own callback-driven client (meshgate/providers/stream_client.py).
         self.streams = StreamPool(

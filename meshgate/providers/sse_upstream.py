@@ -69,6 +69,7 @@ class UpstreamEventStream(PushStream):
         self.last_progress = 0.0
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.opening: asyncio.Future[UpstreamConnection] | None = None
         self.read_paused = False
 
     # pulling
@@ -91,10 +92,16 @@ class UpstreamEventStream(PushStream):
     # pushing
 
     async def relay(self, deliver: Deliver, valve: Valve) -> None:
-        while self.pending:  # read ahead while the first event was pulled
-            deliver(self.pending.popleft())
+        try:
+            while self.pending:  # read ahead while the first event was pulled
+                deliver(self.pending.popleft())
+        except Exception as exc:
+            self._fail(exc)
+            raise
         self.deliver, self.valve = deliver, valve
         self.last_progress = self.loop.time()
+        # Reading follows the valve from now on (it may have stopped for a full read-ahead buffer).
+        self._pause_reading(valve.paused)
         valve.listen(self._flow)
         try:
             while True:
@@ -142,8 +149,15 @@ class UpstreamEventStream(PushStream):
         if fresh:
             self.retried = True
             log.info("upstream of %s closed a pooled connection; retrying once", self.name)
+        # In a task of its own, so that the stream's timer can end the wait for a free connection.
+        self.opening = opening = asyncio.ensure_future(self.pool.acquire(fresh=fresh))
         try:
-            conn = await self.pool.acquire(fresh=fresh)
+            conn = await opening
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self.error is not None and current is not None and not current.cancelling():
+                return  # cancelled by _fail (a timeout): the error is raised by the caller's loop
+            raise
         except TimeoutError:
             self._fail(UpstreamTimeout(f"The upstream of `{self.name}` did not answer in time", provider=self.provider))
             return
@@ -154,6 +168,8 @@ class UpstreamEventStream(PushStream):
                 )
             )
             return
+        finally:
+            self.opening = None
         if self.closed or self.error is not None:  # timed out or closed while connecting
             conn.abandon()
             return
@@ -172,6 +188,8 @@ class UpstreamEventStream(PushStream):
             return
         self.error = error
         self._stop_timer()
+        if self.opening is not None:
+            self.opening.cancel()
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abandon()
@@ -294,6 +312,9 @@ class UpstreamEventStream(PushStream):
     def response_lost(self, error: BaseException | None, stale: bool) -> None:
         self.conn = None
         if self.done or self.error is not None or self.closed:
+            return
+        if self.error_body is not None:  # an error answer whose body ended with the connection
+            self._fail(self.status_error(self.status, bytes(self.error_body), self.headers))
             return
         if stale and not self.retried:
             self.stale = True

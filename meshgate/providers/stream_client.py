@@ -31,6 +31,12 @@ log = logging.getLogger("meshgate.providers")
 DETACHED_GRACE = 5.0
 
 
+#: Headers the client writes itself: a configured one of the same name is left out.
+_OWN_HEADERS = frozenset(
+    ("host", "content-type", "content-length", "transfer-encoding", "accept-encoding", "connection")
+)
+
+
 class ResponseConsumer(Protocol):
     """Receives one response, from the connection's callbacks."""
 
@@ -177,7 +183,7 @@ class StreamPool:
         for name, value in headers.items():
             if any(c in name + value for c in "\r\n\0") or ":" in name:
                 raise ValueError(f"header {name!r} has a character HTTP does not allow")
-            if name.lower() not in ("host", "content-type", "content-length", "accept-encoding", "connection"):
+            if name.lower() not in _OWN_HEADERS:
                 lines.append(f"{name}: {value}")
         self._head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self.connect_timeout = connect_timeout
@@ -240,6 +246,7 @@ class StreamPool:
             conn._grace = None
         if conn.in_use:
             self._give_back(conn)
+            conn.pause_reading(False)  # a stream may have ended with its consumer's valve closed
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
             # The longest-idle connections are at the front: drop those past the keep-alive time.
