@@ -41,10 +41,6 @@ class RequestIdMiddleware:
             return
         request_id = "req_" + uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        # For streams' body messages, past the wrappers (see api/sse.py). Taken out again when the
-        # request ends: the scope outlives it inside the server's request object, and the send
-        # refers back to that object, a reference cycle per request for the GC to find otherwise.
-        scope[RAW_SEND] = send
         header = (b"x-request-id", request_id.encode())
         started = False
         self.collector.active += 1
@@ -66,8 +62,32 @@ class RequestIdMiddleware:
             response = unexpected_error(exc, request_id)
             await response(scope, receive, send_with_id)
         finally:
-            del scope[RAW_SEND]
             self.collector.active -= 1
+
+
+class _KeepServerSend:
+    """Outermost of all: keeps the server's own `send` in the scope, for streams' body messages
+    past every wrapper (see api/sse.py). Taken out again when the request ends: the scope outlives
+    it inside the server's request object, and the send refers back to that object, a reference
+    cycle per request for the GC to find otherwise."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[RAW_SEND] = send
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            del scope[RAW_SEND]
+
+
+class _MeshApp(Starlette):
+    def build_middleware_stack(self) -> ASGIApp:
+        return _KeepServerSend(super().build_middleware_stack())
 
 
 def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
@@ -112,7 +132,7 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
                 collector.stop()
                 await runtime.stop()
 
-    app = Starlette(
+    app = _MeshApp(
         routes=[*openai.ROUTES, *admin.ROUTES, *metrics.ROUTES, *health.ROUTES, *openapi.ROUTES],
         exception_handlers={MeshError: on_mesh_error, HTTPException: on_http_error},
         lifespan=lifespan,

@@ -1,5 +1,7 @@
 """A client that stops reading holds the upstream back, through a real uvicorn socket.
 
+The response is read raw, so its chunked framing is taken apart here.
+
 Stream events are pushed from the upstream's read callback straight into the server's `send`.
 When the client does not read, that send has to wait: the gateway must then stop reading the
 upstream (not buffer the stream in memory), and deliver every event, in order, once the client
@@ -60,8 +62,10 @@ class FastUpstream:
             writer.close()
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[FastUpstream, int, str]]:
+@pytest.fixture(params=["httptools", "h11"])
+async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[FastUpstream, int, str]]:
+    """meshgate behind uvicorn with either HTTP protocol: with httptools the writer writes chunks to
+    the transport itself; with h11 it drives plain ASGI sends, which then really wait."""
     upstream = FastUpstream()
     listener = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
     upstream_port = listener.sockets[0].getsockname()[1]
@@ -77,7 +81,9 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[FastUpstream, int, str]]
     )
     client = await AppClient.started(runtime)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="error", lifespan="off", http=request.param)
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
         await asyncio.sleep(0.02)
@@ -103,7 +109,7 @@ async def test_a_client_that_stops_reading_pauses_the_upstream_and_loses_nothing
         writer.close()  # else the server's shutdown would wait for this connection
     assert upstream.finished_at is not None and upstream.finished_at >= reading_from, "the upstream was not held"
 
-    payloads = [line[6:] for line in data.split(b"\n") if line.startswith(b"data: ")]
+    payloads = [line[6:] for line in dechunk(data).split(b"\n") if line.startswith(b"data: ")]
     assert payloads[-1] == b"[DONE]"
     indexes = [int(json.loads(p)["choices"][0]["delta"]["content"].split(":")[0]) for p in payloads[:-1]]
     assert indexes == list(range(EVENTS))  # every event, in order
@@ -127,3 +133,15 @@ async def _stream_with_a_pause(
     reading_from = time.monotonic()
     data = await asyncio.wait_for(reader.read(-1), timeout=60)  # closed after the response (connection: close)
     return data, reading_from
+
+
+def dechunk(rest: bytes) -> bytes:
+    """A chunked HTTP/1.1 body, taken apart."""
+    body = bytearray()
+    while True:
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(body)
+        body += rest[:size]
+        rest = rest[size + 2 :]

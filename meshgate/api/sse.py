@@ -56,11 +56,13 @@ class SSEWriter:
         self.flusher: asyncio.Future[None] | None = None
         self._backlog: list[bytes] | None = None  # not None while a send is suspended
         self._broken: BaseException | None = None
+        self._direct: Any = None  # uvicorn's own response cycle, when writing to it directly is safe
 
     async def start(self) -> None:
         headers = SSE_HEADERS + [(k.encode(), v.encode()) for k, v in self.headers.items()]
         self.started = True
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+        self._direct = _chunked_uvicorn_cycle(self.raw_send)
 
     def deliver(self, chunk: dict[str, Any]) -> None:
         data = self.encode(chunk)
@@ -68,6 +70,15 @@ class SSEWriter:
             self.write(data)
 
     def write(self, body: bytes) -> None:
+        direct = self._direct
+        if direct is not None:
+            # What uvicorn's send does for a chunked body, without a message dict and a coroutine.
+            if not direct.disconnected:
+                direct.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+                if direct.flow.write_paused and not self.valve.paused:
+                    self.valve.pause()
+                    self.flusher = asyncio.ensure_future(self._drained(direct.flow))
+            return
         if self._broken is not None:
             raise self._broken
         if self._backlog is not None:
@@ -95,10 +106,28 @@ class SSEWriter:
         self._backlog = None
         self.valve.resume()
 
+    async def _drained(self, flow: Any) -> None:
+        await flow.drain()
+        self.valve.resume()
+
     async def end(self, tail: bytes) -> None:
         if self.flusher is not None:
             await self.flusher
         await self.raw_send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _chunked_uvicorn_cycle(raw_send: Send) -> Any:
+    """uvicorn's httptools response cycle behind `raw_send`, if its response is chunked: its body
+    messages are then exactly `transport.write(size, body)` (uvicorn 0.2x to 0.5x), which the
+    writer does itself; at twenty thousand events a second the ASGI message dict, two coroutines
+    and the exception ending each were a tenth of the gateway's CPU. Any other server, or another
+    uvicorn protocol (h11 keeps its own state of the body), gets plain ASGI messages."""
+    cycle = getattr(raw_send, "__self__", None)
+    if type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl":
+        return None
+    if getattr(cycle, "chunked_encoding", None) is not True or not hasattr(cycle, "flow"):
+        return None
+    return cycle
 
 
 def _body(body: bytes) -> Message:
