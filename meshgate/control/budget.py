@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from meshgate.control.deferred import DeferredWrites
+
 NANO = 1_000_000_000
 
 #: Reads the USD already spent in a scope since a time: (scope, since) -> USD.
@@ -97,7 +99,13 @@ class BudgetLedger(ABC):
     async def reserve(self, scopes: list[BudgetScope], amount: int) -> Reservation | BudgetRefusal: ...
 
     @abstractmethod
-    async def settle(self, reservation: Reservation, actual: int) -> None: ...
+    async def settle(self, reservation: Reservation, actual: int) -> None:
+        """Replace a reservation by the real cost. It may land a moment later (Redis): the real
+        cost is never above the reservation, so until then the budget is on the strict side."""
+
+    async def flush(self) -> None:
+        """Wait until every settlement made so far counts."""
+        return None
 
     async def close(self) -> None:
         return None
@@ -152,10 +160,14 @@ class MemoryLedger(BudgetLedger):
 
 
 # KEYS: one hash per slot (fields spent, reserved). ARGV: amount, ttl, then per slot: limit, seed.
-# A slot seen for the first time starts from its seed (usage already in the database).
+# A slot seen for the first time starts from its seed (usage already in the database); a seed of
+# -1 means "not read yet": if such a slot is new to Redis, {2} asks for the seeds and charges nothing.
 _RESERVE = """
 local amount = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  if tonumber(ARGV[2 + 2 * i]) < 0 and redis.call('EXISTS', KEYS[i]) == 0 then return {2, i} end
+end
 for i = 1, #KEYS do
   if redis.call('HSETNX', KEYS[i], 'spent', ARGV[2 + 2 * i]) == 1 then
     redis.call('HSET', KEYS[i], 'reserved', 0)
@@ -172,14 +184,6 @@ for i = 1, #KEYS do redis.call('HINCRBY', KEYS[i], 'reserved', amount) end
 return {1}
 """
 
-_SETTLE = """
-for i = 1, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[1]))
-  redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[2]))
-end
-return 1
-"""
-
 
 class RedisLedger(BudgetLedger):
     def __init__(self, spent_since: SpentSince, url: str, prefix: str = "meshgate:budget") -> None:
@@ -189,29 +193,57 @@ class RedisLedger(BudgetLedger):
         self._redis: Any = redis.from_url(url)
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
+        self._settlements = DeferredWrites(self._redis, "budget")
         self.prefix = prefix
 
     async def reserve(self, scopes: list[BudgetScope], amount: int) -> Reservation | BudgetRefusal:
         keys: list[str] = []
         args: list[int] = [amount, 0]
         longest = 0.0
+        starts: list[float] = []
         for scope in scopes:
             label, start, end = period_bounds(scope.period)
-            key = f"{self.prefix}:{scope.slot(label)}"
-            keys.append(key)
-            # The seed is read only while the slot is new to Redis: a cheap EXISTS saves the query.
-            seed = 0 if await self._redis.exists(key) else to_nano(await self.spent_since(scope, start))
-            args += [to_nano(scope.limit_usd), seed]
+            keys.append(f"{self.prefix}:{scope.slot(label)}")
+            args += [to_nano(scope.limit_usd), -1]
+            starts.append(start)
             longest = max(longest, end - start)
         args[1] = int(longest) + 86400
+        # One round trip when every slot is known to Redis; the seeds (a database query) are read
+        # only when the script says a slot is new (a new period, or a Redis that lost its data).
         result = await self._reserve(keys=keys, args=args)
+        if int(result[0]) == 2:
+            for i, (scope, start) in enumerate(zip(scopes, starts, strict=True)):
+                args[3 + 2 * i] = to_nano(await self.spent_since(scope, start))
+            result = await self._reserve(keys=keys, args=args)
         if int(result[0]) == 0:
             scope = scopes[int(result[1]) - 1]
             return BudgetRefusal(scope, int(result[2]) / NANO, period_bounds(scope.period)[2])
         return Reservation(tuple(keys), amount)
 
     async def settle(self, reservation: Reservation, actual: int) -> None:
-        await self._settle(keys=list(reservation.slots), args=[reservation.amount, actual])
+        slots, amount = reservation.slots, reservation.amount
+
+        def commands(pipe: Any) -> Awaitable[Any]:
+            return self._settle(keys=list(slots), args=[amount, actual], client=pipe)
+
+        self._settlements.add(commands)  # after the response: see control/deferred.py
+
+    async def flush(self) -> None:
+        await self._settlements.flush()
 
     async def close(self) -> None:
+        await self._settlements.flush()
         await self._redis.aclose()
+
+
+# KEYS: the reservation's slots. ARGV: amount reserved, actual cost. A slot that is gone (Redis lost
+# its data since the reservation) is left alone: recreated here, it would hide the seed from reserve.
+_SETTLE = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[1]))
+    redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[2]))
+  end
+end
+return 1
+"""

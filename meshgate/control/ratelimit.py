@@ -17,6 +17,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from meshgate.control.deferred import DeferredWrites
+
 WINDOW = 60  # seconds
 
 
@@ -76,7 +78,12 @@ class RateLimiter(ABC):
 
     @abstractmethod
     async def adjust(self, scopes: list[Scope], window: int, delta: int) -> None:
-        """Correct the token charge of an admitted request (`delta` may be negative)."""
+        """Correct the token charge of an admitted request (`delta` may be negative). It may land
+        a moment later (Redis): corrections only give back, so limits stay on the strict side."""
+
+    async def flush(self) -> None:
+        """Wait until every correction made so far counts."""
+        return None
 
     async def close(self) -> None:
         return None
@@ -148,6 +155,7 @@ class RedisLimiter(RateLimiter):
 
         self._redis: Any = redis.from_url(url)
         self._acquire = self._redis.register_script(_ACQUIRE)
+        self._corrections = DeferredWrites(self._redis, "rate limit")
         self.prefix = prefix
 
     def _keys(self, scopes: list[Scope], window: int) -> list[str]:
@@ -177,12 +185,20 @@ class RedisLimiter(RateLimiter):
         return Decision(True, window, reset, states)
 
     async def adjust(self, scopes: list[Scope], window: int, delta: int) -> None:
-        if delta == 0:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in self._keys(scopes, window)[1::2]:
+        if delta == 0 or window != current_window()[0]:
+            return  # nothing to correct, or that window is over (its keys may be gone)
+        keys = self._keys(scopes, window)[1::2]
+
+        def commands(pipe: Any) -> None:
+            for key in keys:
                 pipe.incrby(key, delta)
-            await pipe.execute()
+                pipe.expire(key, WINDOW * 2)  # never a key without expiry, should it have gone
+
+        self._corrections.add(commands)  # after the response: see control/deferred.py
+
+    async def flush(self) -> None:
+        await self._corrections.flush()
 
     async def close(self) -> None:
+        await self._corrections.flush()
         await self._redis.aclose()

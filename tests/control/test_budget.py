@@ -82,10 +82,32 @@ async def test_settle_releases_the_unused_part(make_ledger) -> None:
     assert isinstance(first, Reservation)
     assert isinstance(await ledger.reserve([scope], to_nano(0.2)), BudgetRefusal)
     await ledger.settle(first, to_nano(0.1))  # it really cost 0.1
+    await ledger.flush()  # Redis: settlements go out after the call, batched
     second = await ledger.reserve([scope], to_nano(0.85))
     assert isinstance(second, Reservation)
     refusal = await ledger.reserve([scope], to_nano(0.1))
     assert isinstance(refusal, BudgetRefusal) and abs(refusal.spent_usd - 0.1) < 1e-9
+
+
+async def test_redis_reads_the_seed_once_and_again_after_losing_its_data() -> None:
+    seeds = Seeds(spent=0.3)
+    ledger = RedisLedger(seeds, REDIS_URL, prefix=f"test:budget:{uuid.uuid4().hex}")
+    try:
+        scope = BudgetScope("key", f"k-{uuid.uuid4().hex}", 1.0, "day")
+        first = await ledger.reserve([scope], to_nano(0.1))
+        assert isinstance(first, Reservation) and seeds.calls == 1
+        for _ in range(3):
+            assert isinstance(await ledger.reserve([scope], to_nano(0.1)), Reservation)
+        assert seeds.calls == 1  # the slot is known to Redis: no more database reads
+        await ledger._redis.delete(*first.slots)  # Redis restarted without its data
+        await ledger.settle(first, to_nano(0.05))
+        await ledger.flush()
+        assert await ledger._redis.exists(*first.slots) == 0  # not recreated without its seed
+        refused = await ledger.reserve([scope], to_nano(0.8))  # seeded again: 0.3 + 0.8 > 1.0
+        assert isinstance(refused, BudgetRefusal) and seeds.calls == 2
+        assert abs(refused.spent_usd - 0.3) < 1e-9
+    finally:
+        await ledger.close()
 
 
 async def test_all_or_nothing_across_key_and_team(make_ledger) -> None:

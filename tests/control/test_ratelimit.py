@@ -63,6 +63,7 @@ async def test_tokens_reserved_then_corrected(limiter: RateLimiter) -> None:
     refused = await limiter.acquire([scope], 600)
     assert not refused.admitted and refused.refused_limit == "tokens"
     await limiter.adjust([scope], first.window, 50 - 600)  # it really used 50
+    await limiter.flush()  # Redis: corrections go out after the call, batched
     second = await limiter.acquire([scope], 600)
     assert second.admitted and second.headers()["x-ratelimit-remaining-tokens"] == "350"
 
@@ -93,3 +94,24 @@ def test_window_arithmetic() -> None:
     window, left = current_window(120.5)
     assert window == 2 and abs(left - 59.5) < 1e-9
     assert 0 < current_window(time.time())[1] <= 60
+
+
+async def test_redis_corrections_land_on_their_own_and_only_in_their_window() -> None:
+    await fresh_window()
+    limiter = RedisLimiter(REDIS_URL, prefix=f"test:{uuid.uuid4().hex}")
+    try:
+        scope = Scope("key:later", rpm=None, tpm=1000)
+        first = await limiter.acquire([scope], 600)
+        for _ in range(3):  # three calls' corrections, sent together
+            await limiter.adjust([scope], first.window, -100)
+        for _ in range(100):  # no flush: the background send delivers them
+            probe = await limiter.acquire([scope], 0)
+            if probe.states[0].tokens == 300:
+                break
+            await asyncio.sleep(0.01)
+        assert probe.states[0].tokens == 300
+        await limiter.adjust([scope], first.window - 1, -100)  # a window that is over: left alone
+        await limiter.flush()
+        assert await limiter._redis.exists(f"{limiter.prefix}:{first.window - 1}:key:later:t") == 0
+    finally:
+        await limiter.close()
