@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -694,3 +696,62 @@ async def test_a_raise_in_deliver_ends_relay_and_closes_the_connection() -> None
         assert received == ["t0", "t1", "t2"]
         assert await collect(model) == ["t0"]  # the one connection slot was given back
     assert upstream.connections == 2
+
+
+# 13. TLS (cloud upstreams are https)
+
+
+@pytest.fixture
+def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for `localhost`, and its key."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_an_https_upstream_streams_over_tls_and_is_verified(
+    tls_cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = tls_cert
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+
+    async def stream_answer(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer(0, 1))
+        await writer.drain()
+        return True
+
+    upstream = Upstream(stream_answer)
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0, ssl=server_side)
+    port = server.sockets[0].getsockname()[1]
+    config = {"name": NAME, "provider": "openai-compatible", "model": "up", "base_url": f"https://localhost:{port}/v1"}
+    async with server:
+        # Not trusted: the certificate is verified, and the failure is an upstream error.
+        untrusted = OpenAICompatibleChat(OpenAICompatibleConfig(**config), ProviderContext(data_dir=Path(".")))
+        await untrusted.start()
+        try:
+            with pytest.raises(UpstreamError):
+                await collect(untrusted)
+        finally:
+            await untrusted.close()
+        # Trusted (the system's trust store, pointed at this certificate): the stream arrives.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusted = OpenAICompatibleChat(OpenAICompatibleConfig(**config), ProviderContext(data_dir=Path(".")))
+        await trusted.start()
+        try:
+            assert await collect(trusted) == ["t0", "t1"]
+            assert await collect(trusted) == ["t0", "t1"]  # over the same TLS connection
+        finally:
+            await trusted.close()
+        for task in list(upstream.tasks):
+            task.cancel()
+        await asyncio.gather(*upstream.tasks, return_exceptions=True)
+    assert upstream.requests[-1].headers["host"] == f"localhost:{port}"
+    assert [r.connection for r in upstream.requests] == [1, 1]  # the refused handshake never got to it
