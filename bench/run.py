@@ -179,13 +179,14 @@ def wrk(url: str, script: Path, connections: int, duration: int) -> tuple[float,
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
     p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    return rps, p50, p99, wrk_errors(out)
+
+
+def wrk_errors(out: str) -> int:
+    """Failed requests in wrk's report: non-2xx answers, and connect, read, write and timeout errors."""
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    errors += (
-        sum(int(n) for n in re.findall(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)[0])
-        if "Socket errors" in out
-        else 0
-    )
-    return rps, p50, p99, errors
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return errors + (sum(int(n) for n in socket_errors.groups()) if socket_errors else 0)
 
 
 def main() -> None:
