@@ -10,7 +10,11 @@ The passes find nothing on meshgate's own request path: it makes no reference cy
 after a thousand streams found zero unreachable objects. So the young generations keep their
 automatic passes (short: only recent objects), and the full pass runs when no request is in
 flight, where a pause costs nobody anything, or, under load that never pauses, once every
-`interval` seconds so that cycles from elsewhere (a plugin, a library) are still reclaimed.
+`interval` seconds so that cycles from elsewhere (a plugin, a library, an error's traceback) are
+still reclaimed.
+
+This is for CPython up to 3.13, whose collector has three generations; 3.14's incremental
+collector ignores the third threshold, and there this schedule only adds the idle passes.
 """
 
 from __future__ import annotations

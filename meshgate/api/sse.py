@@ -70,6 +70,8 @@ class SSEWriter:
             self.write(data)
 
     def write(self, body: bytes) -> None:
+        if not body:
+            return  # an empty chunk would end a chunked body
         direct = self._direct
         if direct is not None:
             # What uvicorn's send does for a chunked body, without a message dict and a coroutine.
@@ -121,7 +123,9 @@ def _chunked_uvicorn_cycle(raw_send: Send) -> Any:
     messages are then exactly `transport.write(size, body)` (uvicorn 0.2x to 0.5x), which the
     writer does itself; at twenty thousand events a second the ASGI message dict, two coroutines
     and the exception ending each were a tenth of the gateway's CPU. Any other server, or another
-    uvicorn protocol (h11 keeps its own state of the body), gets plain ASGI messages."""
+    uvicorn protocol (h11 keeps its own state of the body), gets ASGI messages through its `send`,
+    stepped by hand (see SSEWriter.write): a `send` that needs to run inside a task of its own (an
+    anyio cancel scope, `asyncio.timeout`) is not supported there."""
     cycle = getattr(raw_send, "__self__", None)
     if type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl":
         return None
@@ -186,6 +190,9 @@ class EventStreamResponse:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            flusher = writer.flusher
+            if flusher is not None and not flusher.cancelled() and flusher.exception() is not None:
+                log.debug("stream write failed: %r", flusher.exception())  # taken, so never "unretrieved"
         if main.cancelled():
             if not writer.started:
                 raise ClientDisconnected()  # gone before the first event: counted and logged as 499

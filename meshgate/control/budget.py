@@ -13,7 +13,9 @@ the first time a process sees it in a period, from the usage already recorded in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -82,6 +84,9 @@ class BudgetScope:
 class Reservation:
     slots: tuple[str, ...]
     amount: int  # nano-dollars reserved in each slot
+    #: Redis: which life of each slot the reservation was made in (a slot Redis lost and that was
+    #: seeded again is another life: the reservation is not in it).
+    epochs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,29 +164,34 @@ class MemoryLedger(BudgetLedger):
         return self._spent.get(slot, 0)
 
 
-# KEYS: one hash per slot (fields spent, reserved). ARGV: amount, ttl, then per slot: limit, seed.
-# A slot seen for the first time starts from its seed (usage already in the database); a seed of
-# -1 means "not read yet": if such a slot is new to Redis, {2} asks for the seeds and charges nothing.
+# KEYS: one hash per slot (fields spent, reserved, epoch). ARGV: amount, ttl, epoch, then per
+# slot: limit, seed. A slot seen for the first time starts from its seed (usage already in the
+# database) and takes the epoch given; a seed of -1 means "not read yet": if such a slot is new to
+# Redis, {2} asks for the seeds and charges nothing. Admitted: {1, epoch of each slot}.
 _RESERVE = """
 local amount = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 for i = 1, #KEYS do
-  if tonumber(ARGV[2 + 2 * i]) < 0 and redis.call('EXISTS', KEYS[i]) == 0 then return {2, i} end
+  if tonumber(ARGV[3 + 2 * i]) < 0 and redis.call('EXISTS', KEYS[i]) == 0 then return {2, i} end
 end
 for i = 1, #KEYS do
-  if redis.call('HSETNX', KEYS[i], 'spent', ARGV[2 + 2 * i]) == 1 then
-    redis.call('HSET', KEYS[i], 'reserved', 0)
+  if redis.call('HSETNX', KEYS[i], 'spent', ARGV[3 + 2 * i]) == 1 then
+    redis.call('HSET', KEYS[i], 'reserved', 0, 'epoch', ARGV[3])
     redis.call('EXPIRE', KEYS[i], ttl)
   end
 end
 for i = 1, #KEYS do
-  local limit = tonumber(ARGV[1 + 2 * i])
+  local limit = tonumber(ARGV[2 + 2 * i])
   local spent = tonumber(redis.call('HGET', KEYS[i], 'spent'))
   local reserved = tonumber(redis.call('HGET', KEYS[i], 'reserved') or '0')
   if spent + reserved + amount > limit then return {0, i, spent} end
 end
-for i = 1, #KEYS do redis.call('HINCRBY', KEYS[i], 'reserved', amount) end
-return {1}
+local admitted = {1}
+for i = 1, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'reserved', amount)
+  admitted[i + 1] = redis.call('HGET', KEYS[i], 'epoch') or ''
+end
+return admitted
 """
 
 
@@ -195,10 +205,12 @@ class RedisLedger(BudgetLedger):
         self._settle = self._redis.register_script(_SETTLE)
         self._settlements = DeferredWrites(self._redis, "budget")
         self.prefix = prefix
+        self._epoch_prefix = uuid.uuid4().hex[:12] + ":"
+        self._epochs = itertools.count()
 
     async def reserve(self, scopes: list[BudgetScope], amount: int) -> Reservation | BudgetRefusal:
         keys: list[str] = []
-        args: list[int] = [amount, 0]
+        args: list[int | str] = [amount, 0, f"{self._epoch_prefix}{next(self._epochs)}"]
         longest = 0.0
         starts: list[float] = []
         for scope in scopes:
@@ -213,20 +225,24 @@ class RedisLedger(BudgetLedger):
         result = await self._reserve(keys=keys, args=args)
         if int(result[0]) == 2:
             for i, (scope, start) in enumerate(zip(scopes, starts, strict=True)):
-                args[3 + 2 * i] = to_nano(await self.spent_since(scope, start))
+                args[4 + 2 * i] = to_nano(await self.spent_since(scope, start))
             result = await self._reserve(keys=keys, args=args)
         if int(result[0]) == 0:
             scope = scopes[int(result[1]) - 1]
             return BudgetRefusal(scope, int(result[2]) / NANO, period_bounds(scope.period)[2])
-        return Reservation(tuple(keys), amount)
+        epochs = tuple(e.decode() if isinstance(e, bytes) else str(e) for e in result[1:])
+        return Reservation(tuple(keys), amount, epochs)
 
     async def settle(self, reservation: Reservation, actual: int) -> None:
-        slots, amount = reservation.slots, reservation.amount
+        slots, amount, epochs = reservation.slots, reservation.amount, reservation.epochs
 
         def commands(pipe: Any) -> Awaitable[Any]:
-            return self._settle(keys=list(slots), args=[amount, actual], client=pipe)
+            return self._settle(keys=list(slots), args=[amount, actual, *epochs], client=pipe)
 
-        self._settlements.add(commands)  # after the response: see control/deferred.py
+        if actual > amount:
+            await self._settlements.now(commands)  # it raises a count: deferred, it would loosen
+        else:
+            self._settlements.add(commands)  # after the response: see control/deferred.py
 
     async def flush(self) -> None:
         await self._settlements.flush()
@@ -236,12 +252,16 @@ class RedisLedger(BudgetLedger):
         await self._redis.aclose()
 
 
-# KEYS: the reservation's slots. ARGV: amount reserved, actual cost. A slot that is gone (Redis lost
-# its data since the reservation) is left alone: recreated here, it would hide the seed from reserve.
+# KEYS: the reservation's slots. ARGV: amount reserved, actual cost, then each slot's epoch at the
+# reservation. A slot that is gone (Redis lost its data) is left alone: recreated here, it would
+# hide the seed from reserve. A slot seeded again since (another epoch) never held the reservation:
+# only the cost is added there, or its other reservations would be released.
 _SETTLE = """
 for i = 1, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[1]))
+    if (redis.call('HGET', KEYS[i], 'epoch') or '') == (ARGV[2 + i] or '') then
+      redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[1]))
+    end
     redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[2]))
   end
 end

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,12 +150,25 @@ return result
 """
 
 
+# KEYS: token counters; ARGV: delta. A counter Redis lost is left alone (recreated below zero it
+# would admit more than the limit for the rest of its window), and none goes below zero.
+_CORRECT = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    if redis.call('INCRBY', KEYS[i], ARGV[1]) < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
+  end
+end
+return 1
+"""
+
+
 class RedisLimiter(RateLimiter):
     def __init__(self, url: str, prefix: str = "meshgate:rl") -> None:
         import redis.asyncio as redis
 
         self._redis: Any = redis.from_url(url)
         self._acquire = self._redis.register_script(_ACQUIRE)
+        self._correct = self._redis.register_script(_CORRECT)
         self._corrections = DeferredWrites(self._redis, "rate limit")
         self.prefix = prefix
 
@@ -189,12 +203,13 @@ class RedisLimiter(RateLimiter):
             return  # nothing to correct, or that window is over (its keys may be gone)
         keys = self._keys(scopes, window)[1::2]
 
-        def commands(pipe: Any) -> None:
-            for key in keys:
-                pipe.incrby(key, delta)
-                pipe.expire(key, WINDOW * 2)  # never a key without expiry, should it have gone
+        def commands(pipe: Any) -> Awaitable[Any]:
+            return self._correct(keys=keys, args=[delta], client=pipe)
 
-        self._corrections.add(commands)  # after the response: see control/deferred.py
+        if delta > 0:
+            await self._corrections.now(commands)  # it raises a count: deferred, it would loosen
+        else:
+            self._corrections.add(commands)  # after the response: see control/deferred.py
 
     async def flush(self) -> None:
         await self._corrections.flush()

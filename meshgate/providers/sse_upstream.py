@@ -70,6 +70,7 @@ class UpstreamEventStream(PushStream):
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.opening: asyncio.Future[UpstreamConnection] | None = None
+        self.sent = False  # the request went out (it may wait for a free connection first)
         self.read_paused = False
 
     # pulling
@@ -154,6 +155,7 @@ class UpstreamEventStream(PushStream):
         try:
             conn = await opening
         except asyncio.CancelledError:
+            _give_back_if_won(opening)  # the acquire may have finished as the cancel came
             current = asyncio.current_task()
             if self.error is not None and current is not None and not current.cancelling():
                 return  # cancelled by _fail (a timeout): the error is raised by the caller's loop
@@ -174,6 +176,8 @@ class UpstreamEventStream(PushStream):
             conn.abandon()
             return
         self.conn = conn
+        self.sent = True
+        self.last_progress = self.loop.time()  # the wait on the upstream starts with the request
         conn.send(self.request, self)
 
     # outcomes
@@ -225,6 +229,8 @@ class UpstreamEventStream(PushStream):
         self.timer = self.loop.call_at(min(self.deadline, since + self.read_timeout), self._tick)
 
     def _waiting_on_upstream(self) -> bool:
+        if not self.sent:
+            return False  # queued for a free connection: only the total timeout counts
         if self.deliver is not None:
             return self.valve is None or not self.valve.paused
         return self.waiter is not None or not self.pending
@@ -317,7 +323,7 @@ class UpstreamEventStream(PushStream):
             self._fail(self.status_error(self.status, bytes(self.error_body), self.headers))
             return
         if stale and not self.retried:
-            self.stale = True
+            self.stale, self.sent = True, False
             self._wake()
             return
         if isinstance(error, UpstreamProtocolError):
@@ -339,3 +345,10 @@ class UpstreamEventStream(PushStream):
         return UpstreamError(
             f"The upstream of `{self.name}` ended the stream early (no [DONE])", provider=self.provider
         )
+
+
+def _give_back_if_won(opening: asyncio.Future[UpstreamConnection]) -> None:
+    """A connection acquired in the same moment its waiter was cancelled goes back unused (else
+    its pool slot would stay taken); a failed acquire's error is taken so it is not reported."""
+    if opening.done() and not opening.cancelled() and opening.exception() is None:
+        opening.result().abandon()

@@ -33,7 +33,7 @@ DETACHED_GRACE = 5.0
 
 #: Headers the client writes itself: a configured one of the same name is left out.
 _OWN_HEADERS = frozenset(
-    ("host", "content-type", "content-length", "transfer-encoding", "accept-encoding", "connection")
+    ("host", "accept", "content-type", "content-length", "transfer-encoding", "accept-encoding", "connection")
 )
 
 
@@ -67,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.in_use = False
         self.reused = False
         self.answering = False  # a response byte arrived for the current request
+        self.interim = False  # the message being parsed is a 1xx before the real answer
         self.closed = False
         self.idle_since = 0.0
         self._grace: asyncio.TimerHandle | None = None
@@ -104,14 +105,21 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            self.interim = True  # 103 Early Hints and the like: the answer is still to come
+            return
         if self.consumer is not None:
-            self.consumer.response_started(self.parser.get_status_code(), self.headers)
+            self.consumer.response_started(status, self.headers)
 
     def on_body(self, body: bytes) -> None:
         if self.consumer is not None:
             self.consumer.response_body(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         consumer, self.consumer = self.consumer, None
         keep_alive = self.parser.should_keep_alive()
         if consumer is not None:
@@ -133,6 +141,7 @@ class UpstreamConnection(asyncio.Protocol):
         end and come back to the pool, or close it if it does not within DETACHED_GRACE."""
         self.consumer = None
         if self.in_use and not self.closed:
+            self.pause_reading(False)  # it may have ended with its consumer's valve closed
             self._grace = asyncio.get_running_loop().call_later(DETACHED_GRACE, self._grace_over)
 
     def abandon(self) -> None:
@@ -178,7 +187,8 @@ class StreamPool:
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if url.scheme == "https" else None
         self.prefix = url.path.rstrip("/")
-        host_header = self.host if url.port is None else f"{self.host}:{url.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        host_header = host if url.port is None else f"{host}:{url.port}"
         lines = [f"host: {host_header}", "accept: text/event-stream", "accept-encoding: identity"]
         for name, value in headers.items():
             if any(c in name + value for c in "\r\n\0") or ":" in name:
@@ -191,6 +201,7 @@ class StreamPool:
         self.limit = limit
         self._slots: asyncio.Semaphore | None = None
         self._idle: list[UpstreamConnection] = []  # most recently used last
+        self._pruning: asyncio.TimerHandle | None = None
         self._in_use: set[UpstreamConnection] = set()
 
     def request(self, path: str, body: bytes) -> bytes:
@@ -249,9 +260,19 @@ class StreamPool:
             conn.pause_reading(False)  # a stream may have ended with its consumer's valve closed
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
-            # The longest-idle connections are at the front: drop those past the keep-alive time.
-            while self._idle and conn.idle_since - self._idle[0].idle_since >= self.keepalive_timeout:
-                self._idle.pop(0).close()
+            if self._pruning is None:
+                self._pruning = asyncio.get_running_loop().call_later(self.keepalive_timeout, self._prune)
+
+    def _prune(self) -> None:
+        """Close the connections idle past the keep-alive time (the longest-idle are at the front),
+        and look again when the next one will be: one timer per pool, not per connection."""
+        self._pruning = None
+        now = time.monotonic()
+        while self._idle and now - self._idle[0].idle_since >= self.keepalive_timeout:
+            self._idle.pop(0).close()
+        if self._idle:
+            due = self._idle[0].idle_since + self.keepalive_timeout - now
+            self._pruning = asyncio.get_running_loop().call_later(due, self._prune)
 
     def _forget(self, conn: UpstreamConnection) -> None:
         if conn.in_use:
@@ -266,6 +287,9 @@ class StreamPool:
         self._slots.release()
 
     async def close(self) -> None:
+        if self._pruning is not None:
+            self._pruning.cancel()
+            self._pruning = None
         for conn in [*self._idle, *self._in_use]:
             conn.close()
         self._idle.clear()
