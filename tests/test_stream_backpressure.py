@@ -20,22 +20,10 @@ import pytest
 import uvicorn
 
 from tests.conftest import AppClient, free_port, make_runtime
+from tests.sse_wire import DONE, END, HEAD, event
 
 EVENTS = 2000
 CONTENT = "x" * 16_000  # 32 MB in all: more than every socket buffer on the way can hold
-HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-
-
-def event(i: int) -> bytes:
-    chunk = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "up",
-        "choices": [{"index": 0, "delta": {"content": f"{i}:{CONTENT}"}, "finish_reason": None}],
-    }
-    data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
-    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 class FastUpstream:
@@ -51,9 +39,9 @@ class FastUpstream:
         writer.write(HEAD)
         try:
             for i in range(EVENTS):
-                writer.write(event(i))
+                writer.write(event(i, f"{i}:{CONTENT}"))
                 await writer.drain()
-            writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+            writer.write(DONE + END)
             await writer.drain()
             self.finished_at = time.monotonic()
         except ConnectionError:

@@ -7,9 +7,10 @@ proper HTTP error rather than an event in a 200 stream. It then relays the rest 
 One watcher task follows the connection for the whole call: when the client disconnects, the
 producer is cancelled at once (the model stops at its next token), not when the next write fails.
 
-Body messages go straight to the server's own `send` (RequestIdMiddleware keeps it in the scope):
-the middleware wrappers around `send` only look at the response start, and at a thousand streams
-each wrapper is thousands of extra coroutine calls a second.
+Body messages go straight to the server's own `send` (app.py's outermost wrapper keeps it in the
+scope), or to uvicorn's transport (see `_chunked_uvicorn_cycle`): the middleware wrappers around
+`send` only look at the response start, and at a thousand streams each wrapper is thousands of
+extra coroutine calls a second.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Any upstream that speaks OpenAI's API: vLLM, TGI, Ollama, llama.cpp's server, OpenAI itself.
 
-One pooled aiohttp session per model entry keeps connections alive. Streams are relayed event by
-event as they arrive, never buffered. Upstream failures map to typed errors: unreachable or 5xx is
+One pooled aiohttp session per model entry keeps connections alive for whole answers; streams go
+through their own callback-driven client and pool (stream_client.py, sse_upstream.py), relayed
+event by event as they arrive, never buffered. Upstream failures map to typed errors: unreachable or 5xx is
 502, a timeout is 504, the upstream's own 4xx about the request passes through as that 4xx.
 """
 

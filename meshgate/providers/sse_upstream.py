@@ -161,7 +161,7 @@ class UpstreamEventStream(PushStream):
                 return  # cancelled by _fail (a timeout): the error is raised by the caller's loop
             raise
         except TimeoutError:
-            self._fail(UpstreamTimeout(f"The upstream of `{self.name}` did not answer in time", provider=self.provider))
+            self._fail(self._too_late())
             return
         except OSError:
             self._fail(
@@ -215,7 +215,7 @@ class UpstreamEventStream(PushStream):
             return
         now = self.loop.time()
         if now >= self.deadline:
-            self._fail(UpstreamTimeout(f"The upstream of `{self.name}` did not answer in time", provider=self.provider))
+            self._fail(self._too_late())
             return
         waiting = self._waiting_on_upstream()
         if waiting and now - self.last_progress >= self.read_timeout:
@@ -340,6 +340,9 @@ class UpstreamEventStream(PushStream):
             )
         else:
             self._fail(self._ended_early())
+
+    def _too_late(self) -> UpstreamTimeout:
+        return UpstreamTimeout(f"The upstream of `{self.name}` did not answer in time", provider=self.provider)
 
     def _ended_early(self) -> UpstreamError:
         return UpstreamError(

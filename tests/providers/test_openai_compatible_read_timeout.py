@@ -6,7 +6,6 @@ The upstream is a raw asyncio server, so the test decides exactly when it goes s
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,23 +17,9 @@ from meshgate.errors import UpstreamTimeout
 from meshgate.protocol import ChatCompletionRequest, UserMessage
 from meshgate.providers.base import CallContext, ProviderContext
 from meshgate.providers.openai_compatible import OpenAICompatibleChat, OpenAICompatibleConfig
+from tests.sse_wire import DONE, END, HEAD, event
 
 REQUEST = ChatCompletionRequest(model="watched", messages=[UserMessage(content="hello")], stream=True)
-HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-
-
-def event(i: int) -> bytes:
-    chunk = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "up",
-        "choices": [{"index": 0, "delta": {"content": f"t{i}"}, "finish_reason": None}],
-    }
-    data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
 Script = Callable[[asyncio.StreamWriter], Any]
 
 
@@ -122,7 +107,7 @@ async def test_a_slow_consumer_is_not_an_upstream_timeout() -> None:
             writer.write(event(i))
             await writer.drain()
             await asyncio.sleep(0.05)
-        writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+        writer.write(DONE + END)
         await writer.drain()
 
     server, port = await serve(prompt)

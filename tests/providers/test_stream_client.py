@@ -27,29 +27,10 @@ from meshgate.providers.base import CallContext, ProviderContext
 from meshgate.providers.openai_compatible import OpenAICompatibleChat, OpenAICompatibleConfig
 from meshgate.providers.sse_upstream import UpstreamEventStream
 from meshgate.providers.streaming import Valve
+from tests.sse_wire import DONE, END, HEAD, chunk, event
 
 NAME = "streamed"  # the model's name in meshgate; "up" is the upstream's
 REQUEST = ChatCompletionRequest(model=NAME, messages=[UserMessage(content="hello")], stream=True)
-HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-END = b"0\r\n\r\n"  # the terminating chunk
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def event(i: int) -> bytes:
-    body = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "up",
-        "choices": [{"index": 0, "delta": {"content": f"t{i}"}, "finish_reason": None}],
-    }
-    return chunk(b"data: " + json.dumps(body).encode() + b"\n\n")
-
-
-DONE = chunk(b"data: [DONE]\n\n")
 
 
 def answer(*events: int) -> bytes:
@@ -380,33 +361,27 @@ async def test_an_upstream_nobody_listens_for_is_unreachable() -> None:
     assert not model.upstream.streams._slots.locked()  # the slot was given back
 
 
-async def test_an_error_event_mid_stream_fails_the_stream() -> None:
-    async def error_event(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(HEAD + event(0) + chunk(b'data: {"error": {"message": "boom"}}\n\n'))
+@pytest.mark.parametrize(
+    ("bad_event", "message"),
+    [
+        (b'data: {"error": {"message": "boom"}}\n\n', "failed mid-stream: boom"),
+        (b"data: {not json\n\n", "sent an unreadable stream event"),
+    ],
+    ids=["error-event", "unreadable-event"],
+)
+async def test_a_bad_event_mid_stream_fails_the_stream(bad_event: bytes, message: str) -> None:
+    async def bad(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(HEAD + event(0) + chunk(bad_event))
         await writer.drain()
         return True
 
     received: list[str] = []
-    async with serving(error_event) as upstream, model_on(upstream.port) as model:
+    async with serving(bad) as upstream, model_on(upstream.port) as model:
         with pytest.raises(UpstreamError) as caught:
             await collect(model, into=received)
         await eventually(lambda: upstream.eofs == 1)  # mid-response: the connection cannot be reused
     assert received == ["t0"]
-    assert "failed mid-stream: boom" in caught.value.message
-
-
-async def test_an_unreadable_event_fails_the_stream() -> None:
-    async def garbage(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(HEAD + event(0) + chunk(b"data: {not json\n\n"))
-        await writer.drain()
-        return True
-
-    received: list[str] = []
-    async with serving(garbage) as upstream, model_on(upstream.port) as model:
-        with pytest.raises(UpstreamError) as caught:
-            await collect(model, into=received)
-    assert received == ["t0"]
-    assert "sent an unreadable stream event" in caught.value.message
+    assert message in caught.value.message
 
 
 # 8. max_connections

@@ -15,20 +15,17 @@ from meshgate.providers.base import ProviderContext
 from meshgate.providers.openai_compatible import OpenAICompatibleChat, OpenAICompatibleConfig
 from meshgate.providers.streaming import Valve
 from tests.providers.test_stream_client import (
-    DONE,
-    END,
-    HEAD,
     Request,
     Upstream,
     answer,
     collect,
-    event,
     eventually,
     model_on,
     open_stream,
     serving,
     text,
 )
+from tests.sse_wire import DONE, END, HEAD, event
 
 
 async def test_a_cancel_right_after_the_slot_was_acquired_gives_the_slot_back() -> None:
