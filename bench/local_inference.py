@@ -2,12 +2,12 @@
 
     python bench/local_inference.py --tokens 128 --repeats 3
 
-Chat: tokens/s and time to first token of `local-chat` (Gemma 3 270M) streamed through
-`meshgate serve`, against llama-cpp-python generating from the same GGUF file, the same rendered
-prompt and the same sampling (greedy, end-of-turn tokens suppressed so every run makes exactly
-`--tokens` tokens). Embeddings: texts/s of /v1/embeddings (batches of 64, base64 as the `openai`
-SDK asks by default) against onnxruntime and the tokenizer called directly on the same batches.
-Runs alternate direct / through meshgate.
+Chat: tokens/s and time to first token of `local-chat` (Qwen2.5-Coder-0.5B-Instruct Q4_K_M)
+streamed through `meshgate serve`, against llama-cpp-python generating from the same GGUF file, the
+same prompt rendered by the GGUF's own chat template, the same threads and weight layout, and the
+same sampling (greedy, end-of-turn tokens suppressed so every run makes exactly `--tokens` tokens).
+Embeddings: texts/s of /v1/embeddings (batches of 64, base64 as the `openai` SDK asks by default)
+against onnxruntime and the tokenizer called directly on the same batches. Runs alternate direct / through meshgate.
 """
 
 from __future__ import annotations
@@ -24,19 +24,28 @@ import httpx
 import numpy as np
 from harness import create_key, ensure_free, start_meshgate
 
-from meshgate.providers.local.prompt import PROMPT_FORMATS, render_prompt
+from meshgate.providers.local.chat import LocalLlamaConfig
+from meshgate.providers.local.chat_template import ChatTemplate
+from meshgate.providers.local.gguf import read_gguf
+from meshgate.providers.local.llama_loader import default_threads, open_llama
+from meshgate.providers.local.packaged import DEFAULT_CHAT_MODEL, assemble
+from meshgate.settings import default_model_cache
 
 PORT = 18090
 PROMPT = [("user", "Write a long story about a lighthouse keeper and the sea.")]
-SUPPRESS = {"1": -100, "105": -100, "106": -100}  # eos, <start_of_turn>, <end_of_turn>
+SUPPRESS = {"151643": -100, "151644": -100, "151645": -100}  # <|endoftext|>, <|im_start|>, <|im_end|>
+#: meshgate's defaults for local-llama, so that both sides sample alike.
+DEFAULTS = LocalLlamaConfig(name="local-chat", provider="local-llama")
 TEXTS = [f"Sentence number {i} about the weather, the markets and the sea." for i in range(64)]
 
 
 def direct_chat(model_path: str, tokens: int) -> tuple[float, float]:
-    from llama_cpp import Llama, LogitsProcessorList
+    from llama_cpp import LogitsProcessorList
 
-    llm = Llama(model_path=model_path, n_ctx=4096, verbose=False)
-    prompt = llm.tokenize(render_prompt(PROMPT_FORMATS["gemma"], PROMPT).encode(), add_bos=True, special=True)
+    llm = open_llama(Path(model_path), DEFAULTS.context_window, default_threads(1), DEFAULTS.extra_buffers)
+    template = ChatTemplate(read_gguf(Path(model_path)).chat_template or "")
+    text = template.render([{"role": role, "content": content} for role, content in PROMPT])
+    prompt = llm.tokenize(text.encode(), add_bos=True, special=True)
     bias = {int(k): v for k, v in SUPPRESS.items()}
 
     def suppress(_ids: object, scores: np.ndarray) -> np.ndarray:
@@ -50,7 +59,12 @@ def direct_chat(model_path: str, tokens: int) -> tuple[float, float]:
         first = None
         count = 0
         for _token in llm.generate(
-            prompt, temp=0.0, top_k=64, top_p=0.95, repeat_penalty=1.1, logits_processor=LogitsProcessorList([suppress])
+            prompt,
+            temp=0.0,
+            top_k=DEFAULTS.top_k,
+            top_p=DEFAULTS.top_p,
+            repeat_penalty=DEFAULTS.repeat_penalty,
+            logits_processor=LogitsProcessorList([suppress]),
         ):
             count += 1
             if first is None:
@@ -144,7 +158,7 @@ def main() -> None:
         client = httpx.Client(
             base_url=f"http://127.0.0.1:{PORT}/v1", headers={"authorization": f"Bearer {key}"}, timeout=300
         )
-        model_path = str(tmp / "models" / "gemma-3-270m-q4_k_m.gguf")
+        model_path = str(assemble(DEFAULT_CHAT_MODEL, default_model_cache()))
         meshgate_chat(client, 8)  # warm-up
         chat = {"direct": [], "meshgate": []}
         embed = {"direct": [], "meshgate": []}

@@ -18,7 +18,7 @@ from meshgate.api.responses import error_response, unexpected_error
 from meshgate.api.sse import RAW_SEND
 from meshgate.collector import Collector
 from meshgate.control.middleware import AuthMiddleware
-from meshgate.errors import MeshError, MethodNotAllowed, RouteNotFound
+from meshgate.errors import MeshError, MethodNotAllowed, RouteNotFound, StartupError
 from meshgate.gateway.runtime import Runtime
 from meshgate.observe import metrics
 from meshgate.observe.counters import Counters
@@ -71,10 +71,14 @@ class _KeepServerSend:
     it inside the server's request object, and the send refers back to that object, a reference
     cycle per request for the GC to find otherwise."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, startup_failure: list[str]) -> None:
         self.app = app
+        self.startup_failure = startup_failure
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._concise_failure(send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -84,13 +88,26 @@ class _KeepServerSend:
         finally:
             del scope[RAW_SEND]
 
+    def _concise_failure(self, send: Send) -> Send:
+        """A startup that failed for a known reason (StartupError) is reported by its message alone,
+        not by the traceback Starlette hands the server."""
+
+        async def concise(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and self.startup_failure:
+                message = {**message, "message": f"meshgate cannot start: {self.startup_failure[0]}"}
+            await send(message)
+
+        return concise
+
 
 class _MeshApp(Starlette):
+    startup_failure: list[str]
+
     def build_middleware_stack(self) -> ASGIApp:
-        return _KeepServerSend(super().build_middleware_stack())
+        return _KeepServerSend(super().build_middleware_stack(), self.startup_failure)
 
 
-def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
+def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> _MeshApp:
     """The ASGI app. With `manage_runtime`, its lifespan starts and stops the runtime."""
     counters = runtime.counters
     collector = Collector(runtime.settings.gc_full_interval)
@@ -120,10 +137,17 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             error = RouteNotFound(f"Unknown request URL: {request.method} {request.url.path}.")
         return await on_mesh_error(request, error)
 
+    startup_failure: list[str] = []
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if manage_runtime:
-            await runtime.start()
+            try:
+                await runtime.start()
+            except StartupError as exc:
+                startup_failure.append(str(exc))
+                await runtime.stop()  # what did start (database, writers) closes cleanly
+                raise
             collector.start()
         try:
             yield
@@ -137,6 +161,7 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         exception_handlers={MeshError: on_mesh_error, HTTPException: on_http_error},
         lifespan=lifespan,
     )
+    app.startup_failure = startup_failure
     app.state.runtime = runtime
     app.state.counters = counters
     app.state.collector = collector

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,7 +14,7 @@ import yaml
 
 from meshgate import __version__
 from meshgate.cli_options import settings_options
-from meshgate.config import describe_config, load_config
+from meshgate.config import describe_config, load_config, with_chat_model
 from meshgate.errors import ConfigError
 from meshgate.plugins import make_plugin_manager, provider_types
 from meshgate.settings import SETTINGS, ServerSettings, resolve_settings
@@ -20,10 +22,34 @@ from meshgate.settings import SETTINGS, ServerSettings, resolve_settings
 _plugins = make_plugin_manager()
 
 
-def _load(config_path: str | None, cli_values: dict[str, Any]) -> tuple[Any, ServerSettings]:
-    config = load_config(config_path, provider_types(_plugins))
+def _load(
+    config_path: str | None, cli_values: dict[str, Any], chat_model: str | None = None, chat_model_name: str = ""
+) -> tuple[Any, ServerSettings]:
+    types = provider_types(_plugins)
+    config = load_config(config_path, types)
+    if chat_model:
+        config = with_chat_model(config, chat_model, chat_model_name or "local-chat", types)
     settings = resolve_settings(cli_values, config.server, config.path)
     return config, settings
+
+
+def chat_model_options(func: Any) -> Any:
+    """`--chat-model PATH.gguf [--chat-model-name NAME]`: any GGUF the user has, with its own template."""
+    func = click.option(
+        "--chat-model-name",
+        default="local-chat",
+        envvar="MESHGATE_CHAT_MODEL_NAME",
+        show_default=True,
+        help="The name clients use for --chat-model [env MESHGATE_CHAT_MODEL_NAME].",
+    )(func)
+    return click.option(
+        "--chat-model",
+        type=click.Path(exists=True, dir_okay=False, readable=True),
+        default=None,
+        envvar="MESHGATE_CHAT_MODEL",
+        help="Serve this GGUF file (prompted by its own chat template) instead of the default local chat "
+        "model, or besides the models of --config [env MESHGATE_CHAT_MODEL].",
+    )(func)
 
 
 def _fail(error: ConfigError) -> None:
@@ -50,10 +76,11 @@ serve_options = settings_options(*(setting.name for setting in SETTINGS))
 
 @cli.command()
 @serve_options
-def serve(config_path: str | None, **cli_values: Any) -> None:
+@chat_model_options
+def serve(config_path: str | None, chat_model: str | None, chat_model_name: str, **cli_values: Any) -> None:
     """Start the gateway (default: local models, SQLite in the data dir)."""
     try:
-        config, settings = _load(config_path, cli_values)
+        config, settings = _load(config_path, cli_values, chat_model, chat_model_name)
     except ConfigError as error:
         _fail(error)
         return
@@ -61,6 +88,9 @@ def serve(config_path: str | None, **cli_values: Any) -> None:
     from meshgate.gateway.runtime import Runtime
     from meshgate.server import serve as run_server
 
+    if chat_model:  # worker processes (--workers) rebuild the config from the environment
+        os.environ["MESHGATE_CHAT_MODEL"] = str(Path(chat_model).resolve())
+        os.environ["MESHGATE_CHAT_MODEL_NAME"] = chat_model_name
     runtime = Runtime(settings, config, _plugins, provider_types(_plugins))
     run_server(runtime)
 
@@ -72,11 +102,14 @@ def config_group() -> None:
 
 @config_group.command("check")
 @serve_options
+@chat_model_options
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
-def config_check(config_path: str | None, fmt: str, **cli_values: Any) -> None:
+def config_check(
+    config_path: str | None, chat_model: str | None, chat_model_name: str, fmt: str, **cli_values: Any
+) -> None:
     """Validate mesh.yaml and print the resolved configuration (secrets stay references)."""
     try:
-        config, settings = _load(config_path, cli_values)
+        config, settings = _load(config_path, cli_values, chat_model, chat_model_name)
     except ConfigError as error:
         _fail(error)
         return

@@ -34,7 +34,11 @@ ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 #: What `meshgate serve` runs with no configuration at all.
 DEFAULT_MODELS: list[dict[str, Any]] = [
-    {"name": "local-chat", "provider": "local-llama", "description": "Gemma 3 270M (GGUF Q4_K_M), on CPU"},
+    {
+        "name": "local-chat",
+        "provider": "local-llama",
+        "description": "Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M), on CPU",
+    },
     {
         "name": "local-embed",
         "provider": "local-embedding",
@@ -174,6 +178,36 @@ def load_config(path: str | Path | None, provider_types: dict[str, ProviderType]
         models = parse_models(DEFAULT_MODELS, provider_types, "defaults")
         defaults = True
     return MeshConfig(path=source, server=server, models=models, env_refs=refs, uses_default_models=defaults)
+
+
+def with_chat_model(config: MeshConfig, path: str, name: str, provider_types: dict[str, ProviderType]) -> MeshConfig:
+    """`meshgate serve --chat-model PATH [--chat-model-name NAME]`: serve a GGUF as NAME (default
+    `local-chat`). On the embedded defaults it takes the default chat model's place; with a mesh.yaml
+    it replaces the local model of that name or is added beside the others."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "provider": "local-llama",
+        "path": path,
+        "description": f"{Path(path).name} (GGUF), on CPU",
+    }
+    models = list(config.models)
+    if config.uses_default_models:
+        models = [model for model in models if model.provider != "local-llama"]
+    for index, model in enumerate(models):
+        if model.name != name:
+            continue
+        if model.provider != "local-llama":
+            raise ConfigError(
+                f"--chat-model-name: {name!r} is a {model.provider} model in {config.path}; pick another name"
+            )
+        # Keep the entry's own settings (context window, concurrency, ...), not what belonged to the
+        # old file (its hash, a template written for it).
+        kept = model.model_dump(exclude={"path", "sha256", "chat_template", "description", "card"})
+        models[index] = parse_models([{**kept, **entry}], provider_types, "--chat-model")[0]
+        break
+    else:
+        models += parse_models([entry], provider_types, "--chat-model")
+    return MeshConfig(config.path, config.server, models, config.env_refs, uses_default_models=False)
 
 
 def describe_config(config: MeshConfig, settings: Any) -> dict[str, Any]:

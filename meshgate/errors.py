@@ -181,3 +181,8 @@ class InternalError(MeshError):
 
 class ConfigError(Exception):
     """mesh.yaml or a setting is invalid. The message names the file, the field and the reason."""
+
+
+class StartupError(Exception):
+    """The server cannot start: the message says what and where (a model file, Redis), and is all
+    that is printed (no traceback) before the process exits non-zero."""

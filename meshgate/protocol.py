@@ -3,6 +3,13 @@
 Requests are decoded straight from bytes into these structs by msgspec, which validates types, ranges
 and unknown fields in one pass and reports the exact path of a bad field. Responses and stream chunks
 stay plain dicts in OpenAI's shape, so an OpenAI-compatible upstream's extra fields pass through.
+
+Every field of the official `openai` SDK's request types is a field here (tests/test_openai_sdk_fields.py
+derives the list from the installed SDK), and every optional one takes JSON null. What a model cannot
+honour is refused by the capability check (meshgate/gateway/capabilities.py), never silently dropped;
+hints (caching keys, verbosity, ...) are ignored by local models and passed on to upstreams.
+Nested objects meshgate never reads (`prediction`, `web_search_options`, JSON schemas, ...) stay
+plain dicts, so their new fields pass through too.
 """
 
 from __future__ import annotations
@@ -16,18 +23,23 @@ from meshgate.errors import InvalidRequest
 
 # -- message content ---------------------------------------------------------------------------
 
+#: `prompt_cache_breakpoint` of a content part: a caching hint ({"mode": "explicit", "ttl": ...}).
+CacheBreakpoint = dict[str, Any]
+
 
 class TextPart(Struct, tag="text", tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
     text: str
+    prompt_cache_breakpoint: CacheBreakpoint | None = None
 
 
 class ImageURL(Struct, forbid_unknown_fields=True, omit_defaults=True):
     url: str
-    detail: Literal["auto", "low", "high"] | None = None
+    detail: Literal["auto", "low", "high", "original"] | None = None
 
 
 class ImagePart(Struct, tag="image_url", tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
     image_url: ImageURL
+    prompt_cache_breakpoint: CacheBreakpoint | None = None
 
 
 class InputAudio(Struct, forbid_unknown_fields=True):
@@ -35,8 +47,9 @@ class InputAudio(Struct, forbid_unknown_fields=True):
     format: str
 
 
-class AudioPart(Struct, tag="input_audio", tag_field="type", forbid_unknown_fields=True):
+class AudioPart(Struct, tag="input_audio", tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
     input_audio: InputAudio
+    prompt_cache_breakpoint: CacheBreakpoint | None = None
 
 
 class FileRef(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -45,8 +58,9 @@ class FileRef(Struct, forbid_unknown_fields=True, omit_defaults=True):
     filename: str | None = None
 
 
-class FilePart(Struct, tag="file", tag_field="type", forbid_unknown_fields=True):
+class FilePart(Struct, tag="file", tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
     file: FileRef
+    prompt_cache_breakpoint: CacheBreakpoint | None = None
 
 
 class RefusalPart(Struct, tag="refusal", tag_field="type", forbid_unknown_fields=True):
@@ -65,10 +79,45 @@ class FunctionCall(Struct, forbid_unknown_fields=True):
     arguments: str
 
 
-class ToolCall(Struct, forbid_unknown_fields=True):
+def _typed_body(kind: str | None, **bodies: object) -> Literal["function", "custom"]:
+    """Check that a `type`d object (tool or tool call) carries exactly the body its type names."""
+    kind = kind or "function"
+    if bodies.get(kind) is None:
+        raise ValueError(f"type `{kind}` needs its `{kind}` object")
+    for name, body in bodies.items():
+        if name != kind and body is not None:
+            raise ValueError(f"type `{kind}` takes its `{kind}` object, not `{name}`")
+    return "custom" if kind == "custom" else "function"
+
+
+class CustomCall(Struct, forbid_unknown_fields=True):
+    """The call of a custom (free-form input) tool."""
+
+    name: str
+    input: str
+
+
+class ToolCall(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A call the assistant made: of a function tool (`function`) or of a custom tool (`custom`)."""
+
     id: str
-    function: FunctionCall
-    type: Literal["function"] = "function"
+    #: Missing means "function", as meshgate always accepted.
+    type: Literal["function", "custom"] | None = None
+    function: FunctionCall | None = None
+    custom: CustomCall | None = None
+
+    def __post_init__(self) -> None:
+        self.type = _typed_body(self.type, function=self.function, custom=self.custom)
+
+
+class AssistantAudio(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A reference to an earlier audio reply. `data`, `expires_at` and `transcript` come from the SDK's
+    response type (`message.model_dump()`); only `id` goes upstream."""
+
+    id: str
+    data: str | None = None
+    expires_at: int | None = None
+    transcript: str | None = None
 
 
 class SystemMessage(Struct, tag="system", tag_field="role", forbid_unknown_fields=True, omit_defaults=True):
@@ -91,6 +140,12 @@ class AssistantMessage(Struct, tag="assistant", tag_field="role", forbid_unknown
     name: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
+    #: The deprecated single function call (before `tool_calls`).
+    function_call: FunctionCall | None = None
+    audio: AssistantAudio | None = None
+    #: URL citations of a web-search answer: in the SDK's response type, so a reply sent back as
+    #: `message.model_dump()` carries them. Read by no model and not sent upstream.
+    annotations: list[dict[str, Any]] | None = None
 
 
 class ToolMessage(Struct, tag="tool", tag_field="role", forbid_unknown_fields=True, omit_defaults=True):
@@ -98,14 +153,23 @@ class ToolMessage(Struct, tag="tool", tag_field="role", forbid_unknown_fields=Tr
     tool_call_id: str
 
 
-Message = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage
+class FunctionMessage(Struct, tag="function", tag_field="role", forbid_unknown_fields=True, omit_defaults=True):
+    """The deprecated result of a `function_call` (before tool messages)."""
+
+    name: str
+    content: str | None = None
+
+
+Message = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage
 
 
 # -- chat completions request ------------------------------------------------------------------
 
 
 class StreamOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
-    include_usage: bool = False
+    include_usage: bool | None = None
+    #: OpenAI pads stream events against length side channels; a hint, passed on to upstreams.
+    include_obfuscation: bool | None = None
 
 
 class FunctionDef(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -116,8 +180,15 @@ class FunctionDef(Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 
 class Tool(Struct, forbid_unknown_fields=True, omit_defaults=True):
-    function: FunctionDef
-    type: Literal["function"] = "function"
+    """A function tool (`function`) or a custom tool (`custom`: name, description, input format)."""
+
+    #: Missing means "function", as meshgate always accepted.
+    type: Literal["function", "custom"] | None = None
+    function: FunctionDef | None = None
+    custom: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.type = _typed_body(self.type, function=self.function, custom=self.custom)
 
 
 class ResponseFormat(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -160,6 +231,22 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=Tr
     store: bool | None = None
     reasoning_effort: str | None = None
     service_tier: str | None = None
+    # Hints: local models ignore them, upstreams get them as sent.
+    verbosity: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    safety_identifier: str | None = None
+    #: Predicted Outputs: a latency hint, the answer is the same without it.
+    prediction: dict[str, Any] | None = None
+    #: Output modalities; anything but text needs a model with audio output.
+    modalities: list[Literal["text", "audio"]] | None = None
+    # Capabilities: refused (400) unless the model's profile has them.
+    audio: dict[str, Any] | None = None
+    functions: list[FunctionDef] | None = None
+    function_call: str | dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
 
     @property
     def output_limit(self) -> int | None:
@@ -190,17 +277,24 @@ class EmbeddingRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
 
     model: Annotated[str, Meta(min_length=1)]
     input: str | Annotated[list[InputItem], Meta(min_length=1, max_length=2048)]
-    encoding_format: Literal["float", "base64"] = "float"
+    #: None (or missing) means "float".
+    encoding_format: Literal["float", "base64"] | None = None
     dimensions: PositiveInt | None = None
     user: str | None = None
 
     def inputs(self) -> list[str] | list[list[int]]:
-        """The inputs as texts, or as token arrays; a mixture is a 400."""
+        """The inputs as texts, or as token arrays; a mixture or an empty text is a 400."""
         given = self.input
-        if isinstance(given, str):
-            return [given]
-        if all(isinstance(item, str) for item in given):
-            return [str(item) for item in given]
+        if isinstance(given, str) or all(isinstance(item, str) for item in given):
+            texts = [given] if isinstance(given, str) else [str(item) for item in given]
+            if "" in texts:
+                where = "" if isinstance(given, str) else f" (input[{texts.index('')}])"
+                raise InvalidRequest(
+                    f"Invalid value for 'input': an empty string cannot be embedded{where}.",
+                    param="input",
+                    code="invalid_value",
+                )
+            return texts
         if all(isinstance(item, int) for item in given):
             return [[int(item) for item in given if isinstance(item, int)]]
         if all(isinstance(item, list) for item in given):
@@ -230,6 +324,16 @@ def message_text(content: str | list[Any] | None) -> str:
 
 
 def to_wire(request: Struct) -> dict[str, Any]:
-    """A request struct as the plain dict that goes on the wire (defaults omitted)."""
+    """A request struct as the plain dict that goes on the wire (defaults omitted).
+
+    The parts of the SDK's *response* type that a client sends back in an assistant message
+    (annotations, the audio's data and transcript) are left out: no request schema has them.
+    """
     result: dict[str, Any] = msgspec.to_builtins(request)
+    if isinstance(request, ChatCompletionRequest):
+        for message in result["messages"]:
+            if message["role"] == "assistant":
+                message.pop("annotations", None)
+                if "audio" in message:
+                    message["audio"] = {"id": message["audio"]["id"]}
     return result

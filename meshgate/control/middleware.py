@@ -2,7 +2,8 @@
 
 `/v1/*` needs a valid key; the model grant is checked by the pipeline (the model is in the body).
 `/admin/<resource>` needs `admin:<resource>:read` for GET and `admin:<resource>:write` otherwise.
-`/healthz`, `/readyz` and `/openapi.json` are public.
+`/healthz`, `/readyz` and `/openapi.json` are public. A key this server does not know yet is looked
+up once more (a shared, rate-limited check of the control version) before it is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshgate.api.responses import error_response
-from meshgate.control.policy import Policy
+from meshgate.control.policy import Policy, UnknownKey
 from meshgate.errors import MeshError
 from meshgate.observe.counters import Counters
 
@@ -46,7 +47,10 @@ class AuthMiddleware:
         state = scope.setdefault("state", {})
         try:
             policy = self.policy()
-            principal = policy.authenticate(Headers(scope=scope))
+            try:
+                principal = policy.authenticate(Headers(scope=scope))  # memory only: no await on a known key
+            except UnknownKey as miss:
+                principal = await policy.recheck(miss)  # a key made a moment ago must work at once
             grant = required_grant(scope["method"], scope["path"])
             if grant is not None:
                 policy.authorize(principal, *grant)

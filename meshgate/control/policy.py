@@ -1,8 +1,11 @@
 """The one policy layer: who is calling (authentication) and may they do this (authorization).
 
 Keys and teams live in memory (a `KeyStore` reloaded when the control version changes), so a
-request costs one SHA-256 and two dict lookups, never a database round trip. Every check of
-meshgate goes through `Policy`: the auth middleware for routes, the pipeline steps for models.
+request with a known key costs one SHA-256 and two dict lookups, never a database round trip. An
+unknown key (perhaps made a moment ago by the CLI in another process) waits for one more check of
+the control version before it is refused; those checks are shared and spaced (`CHECK_INTERVAL`),
+so a flood of random keys costs a few small queries a second. Every check of meshgate goes through
+`Policy`: the auth middleware for routes, the pipeline steps for models.
 """
 
 from __future__ import annotations
@@ -11,19 +14,26 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meshgate.control.grants import ROLES, Grant, allowed, matches_any
 from meshgate.control.oidc import InvalidToken, OidcVerifier, looks_like_jwt
-from meshgate.control.records import KeyRecord, Limits, TeamRecord, hash_key
+from meshgate.control.records import KEY_PREFIX, KeyRecord, Limits, TeamRecord, hash_key
 from meshgate.control.service import ControlService
 from meshgate.errors import MeshError
 
 log = logging.getLogger("meshgate.control")
 
+#: One message for unknown, wrong, revoked and expired keys and bad tokens: a caller learns nothing from it.
+REFUSED = "Incorrect API key provided."
+
 RELOAD_INTERVAL = 1.0  # seconds between polls of the control version: a change is live within ~1 s
+CHECK_INTERVAL = 0.05  # at least this long between two checks: unknown keys cost at most 20 queries/s
+MISS_WAIT = 5.0  # an unknown key waits at most this long for its check, then is refused
+WARN_INTERVAL = 30.0  # at most one warning this often while the control version cannot be read
 
 
 class AuthenticationError(MeshError):
@@ -31,6 +41,18 @@ class AuthenticationError(MeshError):
     type = "invalid_request_error"
     default_code = "invalid_api_key"
     kind = "unauthenticated"
+
+
+class UnknownKey(AuthenticationError):
+    """A key shaped like ours that this server does not hold (yet): `Policy.recheck` looks again.
+
+    Raised by the synchronous `Policy.authenticate` and refused with the same message as any other
+    key, so a caller that does not recheck simply refuses it as before.
+    """
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(REFUSED)
+        self.digest = digest
 
 
 class PermissionDenied(MeshError):
@@ -76,7 +98,12 @@ def _principal(key: KeyRecord, team: TeamRecord | None) -> Principal:
 
 
 class KeyStore:
-    """Active keys by hash, and teams by name, in memory; reloaded when the control version moves."""
+    """Active keys by hash, and teams by name, in memory; reloaded when the control version moves.
+
+    One task checks the version: every RELOAD_INTERVAL, and sooner when an unknown key asks for it
+    (`refreshed`). Checks never overlap and start at least CHECK_INTERVAL apart; every unknown key
+    that arrives before a check starts waits for that same check.
+    """
 
     def __init__(self, service: ControlService) -> None:
         self.service = service
@@ -84,27 +111,87 @@ class KeyStore:
         self.teams: dict[str, TeamRecord] = {}
         self.version = -1
         self._task: asyncio.Task[None] | None = None
+        self._reloading = asyncio.Lock()  # reloads by the checker and by the admin API never interleave
+        self._wanted: asyncio.Future[bool] | None = None  # the next check, as soon as it may start
+        self._wake = asyncio.Event()
+        self._last_check = -math.inf  # loop time at which the last check started
+        self._failures = 0
+        self._warned_at = -math.inf
 
     async def reload(self) -> None:
-        version = await self.service.version()
-        teams = {t.name: t for t in await self.service.list_teams()}
-        keys = await self.service.list_keys()
-        self.by_hash = {k.key_hash: (k.key_hash, _principal(k, teams.get(k.team))) for k in keys}
-        self.teams = teams
-        self.version = version
+        async with self._reloading:
+            version = await self.service.version()
+            teams = {t.name: t for t in await self.service.list_teams()}
+            keys = await self.service.list_keys()
+            self.by_hash = {k.key_hash: (k.key_hash, _principal(k, teams.get(k.team))) for k in keys}
+            self.teams = teams
+            self.version = version
         log.debug("control: loaded %d keys and %d teams (version %d)", len(keys), len(teams), version)
 
+    async def refreshed(self) -> bool:
+        """Wait for a check of the control version that starts after this call (and the reload it
+        triggers). False when it failed, took longer than MISS_WAIT, or the store is stopped."""
+        if self._task is None or self._task.done():
+            return False
+        if self._wanted is None:
+            self._wanted = asyncio.get_running_loop().create_future()
+            self._wake.set()
+        try:
+            async with asyncio.timeout(MISS_WAIT):
+                # shielded: a caller that goes away must not cancel the check the others wait for
+                return await asyncio.shield(self._wanted)
+        except TimeoutError:
+            self._warn(f"no answer within {MISS_WAIT:g} s")
+            return False
+
+    async def _check(self) -> bool:
+        try:
+            if await self.service.version() != self.version:
+                await self.reload()
+        except Exception as exc:  # the database may be away; keep serving what we have
+            self._warn(type(exc).__name__)
+            return False
+        if self._failures:
+            log.warning("control: the control version is readable again")
+            self._failures, self._warned_at = 0, -math.inf
+        return True
+
+    def _warn(self, reason: str) -> None:
+        self._failures += 1
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_INTERVAL:
+            self._warned_at = now
+            log.warning(
+                "control: cannot check the control version (%s, %d time(s)); keeping %d keys and refusing "
+                "keys not among them",
+                reason,
+                self._failures,
+                len(self.by_hash),
+            )
+
     async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(RELOAD_INTERVAL)
-            try:
-                if await self.service.version() != self.version:
-                    await self.reload()
-            except Exception as exc:  # the database may be away; keep serving what we have
-                log.warning("control: reload failed (%s); keeping %d keys", type(exc).__name__, len(self.by_hash))
+            poll_in = self._last_check + RELOAD_INTERVAL - loop.time()
+            if self._wanted is None and poll_in > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(poll_in):
+                        await self._wake.wait()
+            spacing = self._last_check + CHECK_INTERVAL - loop.time()
+            if spacing > 0:
+                await asyncio.sleep(spacing)
+            # From here on, an unknown key waits for the check after this one: this check may read
+            # the version before that key's row was committed.
+            self._wake.clear()
+            waiting, self._wanted = self._wanted, None
+            self._last_check = loop.time()
+            ok = await self._check()
+            if waiting is not None and not waiting.done():
+                waiting.set_result(ok)
 
     async def start(self) -> None:
         await self.reload()
+        self._last_check = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._watch(), name="keystore-reload")
 
     async def stop(self) -> None:
@@ -112,6 +199,9 @@ class KeyStore:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._wanted is not None and not self._wanted.done():
+            self._wanted.set_result(False)
+        self._wanted = None
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -146,11 +236,25 @@ class Policy:
         digest = hash_key(token)
         found = self.keys.by_hash.get(digest)
         if found is None or not hmac.compare_digest(found[0], digest):
-            raise _refused()
+            # Perhaps created a moment ago (by the CLI, or on another replica): the caller may
+            # `recheck`. A token that cannot be one of our keys is refused at once.
+            raise UnknownKey(digest) if token.startswith(KEY_PREFIX) else _refused()
         principal = found[1]
         if principal.expires_at is not None and principal.expires_at <= time.time():
             raise _refused()
         return principal
+
+    async def recheck(self, miss: UnknownKey) -> Principal:
+        """The principal of a key `authenticate` did not know, after one more (shared, rate-limited)
+        check of the control version; refused like any bad key if it is still unknown."""
+        keys = self.keys
+        if keys is not None and await keys.refreshed():
+            found = keys.by_hash.get(miss.digest)
+            if found is not None and hmac.compare_digest(found[0], miss.digest):
+                principal = found[1]
+                if principal.expires_at is None or principal.expires_at > time.time():
+                    return principal
+        raise _refused()
 
     def _token_principal(self, token: str) -> Principal:
         assert self.oidc is not None and self.keys is not None
@@ -158,7 +262,7 @@ class Policy:
             subject, team_name, role = self.oidc.verify(token)
         except InvalidToken as exc:
             log.info("oidc: token refused: %s", exc)
-            raise AuthenticationError("Incorrect API key provided.") from None
+            raise AuthenticationError(REFUSED) from None
         team = self.keys.teams.get(team_name)
         return Principal(
             key_id=f"oidc:{subject}",
@@ -190,5 +294,4 @@ class Policy:
 
 
 def _refused() -> AuthenticationError:
-    # One message for unknown, wrong, revoked and expired keys: a caller learns nothing from it.
-    return AuthenticationError("Incorrect API key provided.")
+    return AuthenticationError(REFUSED)

@@ -1,5 +1,6 @@
 """Changes to teams and keys, shared by the CLI and the admin API. Every change bumps the
-control version, which running servers poll to reload (see keystore.py)."""
+control version, which running servers poll to reload, and look at before refusing an unknown key
+(see KeyStore in policy.py)."""
 
 from __future__ import annotations
 

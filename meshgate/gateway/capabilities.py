@@ -2,6 +2,11 @@
 
 Anything else is a 400 that names the parameter; nothing is silently dropped. This reads the
 profile only, so a new provider gets the right checks by declaring its profile.
+
+Fields that do not change what a correct answer is (caching keys and breakpoints, `verbosity`,
+`reasoning_effort`, `service_tier`, `prediction`, `safety_identifier`, `user`, `metadata`, `store`,
+`modalities: ["text"]`, `stream_options.include_obfuscation`, names, the annotations of an answer
+sent back) are hints: checked here by nobody, ignored by local models, passed on to upstreams.
 """
 
 from __future__ import annotations
@@ -9,10 +14,12 @@ from __future__ import annotations
 from meshgate.errors import UnsupportedParameter
 from meshgate.gateway.pipeline import ORDER_CHECK_CAPABILITIES, Call, Step
 from meshgate.protocol import (
+    AssistantMessage,
     AudioPart,
     ChatCompletionRequest,
     EmbeddingRequest,
     FilePart,
+    FunctionMessage,
     ImagePart,
     ToolMessage,
     UserMessage,
@@ -36,6 +43,24 @@ def check_chat(request: ChatCompletionRequest, profile: CapabilityProfile) -> No
         raise _refuse(model, "tools", "tools")
     if request.parallel_tool_calls is not None and not profile.tools:
         raise _refuse(model, "tools", "parallel_tool_calls")
+    if not profile.custom_tools:
+        for index, tool in enumerate(request.tools or ()):
+            if tool.type == "custom":
+                raise _refuse(model, "custom tools", f"tools[{index}]")
+        if isinstance(request.tool_choice, dict) and request.tool_choice.get("type") == "custom":
+            raise _refuse(model, "custom tools", "tool_choice")
+    if request.functions and not profile.functions:
+        raise _refuse(model, "the deprecated `functions` (send `tools`)", "functions")
+    if request.function_call is not None and not profile.functions:
+        raise _refuse(model, "the deprecated `function_call` (send `tool_choice`)", "function_call")
+    if request.audio is not None and not profile.audio_output:
+        raise _refuse(model, "audio output", "audio")
+    if request.modalities and "audio" in request.modalities and not profile.audio_output:
+        raise _refuse(model, "audio output", "modalities")
+    if request.web_search_options is not None and not profile.web_search:
+        raise _refuse(model, "web search", "web_search_options")
+    if request.moderation is not None and not profile.moderation:
+        raise _refuse(model, "moderation", "moderation")
     if request.response_format is not None and request.response_format.type != "text" and not profile.json_mode:
         raise _refuse(model, f"response_format {request.response_format.type}", "response_format")
     if (request.logprobs or request.top_logprobs is not None) and not profile.logprobs:
@@ -58,6 +83,10 @@ def check_chat(request: ChatCompletionRequest, profile: CapabilityProfile) -> No
     for index, message in enumerate(request.messages):
         if isinstance(message, ToolMessage) and not profile.tools:
             raise _refuse(model, "tool messages", f"messages[{index}]")
+        if isinstance(message, FunctionMessage) and not profile.functions:
+            raise _refuse(model, "messages of the deprecated role `function` (send `tool`)", f"messages[{index}]")
+        if isinstance(message, AssistantMessage):
+            _check_assistant(model, message, index, profile)
         if isinstance(message, UserMessage) and not isinstance(message.content, str):
             for part_index, part in enumerate(message.content):
                 param = f"messages[{index}].content[{part_index}]"
@@ -67,9 +96,18 @@ def check_chat(request: ChatCompletionRequest, profile: CapabilityProfile) -> No
                     raise _refuse(model, "audio input", param)
                 if isinstance(part, FilePart):
                     raise _refuse(model, "file input", param)
-        tool_calls = getattr(message, "tool_calls", None)
-        if tool_calls and not profile.tools:
-            raise _refuse(model, "tool calls", f"messages[{index}].tool_calls")
+
+
+def _check_assistant(model: str, message: AssistantMessage, index: int, profile: CapabilityProfile) -> None:
+    if message.tool_calls and not profile.tools:
+        raise _refuse(model, "tool calls", f"messages[{index}].tool_calls")
+    for call_index, tool_call in enumerate(message.tool_calls or ()):
+        if tool_call.type == "custom" and not profile.custom_tools:
+            raise _refuse(model, "custom tools", f"messages[{index}].tool_calls[{call_index}]")
+    if message.function_call is not None and not profile.functions:
+        raise _refuse(model, "the deprecated `function_call`", f"messages[{index}].function_call")
+    if message.audio is not None and not profile.audio_output:
+        raise _refuse(model, "audio replies", f"messages[{index}].audio")
 
 
 def check_embeddings(request: EmbeddingRequest, profile: CapabilityProfile) -> None:

@@ -138,10 +138,10 @@ class Pipeline:
         if model is None:
             raise ModelNotFound(call.model_name)
         if not isinstance(model, kind):
-            wanted = "chat" if kind is ChatModel else "embedding"
+            wanted = "a chat" if kind is ChatModel else "an embedding"
             route = "/v1/" + call.endpoint.replace(".", "/")
             raise InvalidRequest(
-                f"The model `{call.model_name}` is not a {wanted} model; it cannot serve {route}.",
+                f"The model `{call.model_name}` is not {wanted} model; it cannot serve {route}.",
                 param="model",
                 code="model_not_supported",
             )

@@ -19,6 +19,7 @@ from meshgate.control.oidc import OidcVerifier
 from meshgate.control.policy import KeyStore, Policy
 from meshgate.control.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from meshgate.control.service import ControlService
+from meshgate.errors import StartupError
 from meshgate.gateway.pipeline import Pipeline, Step
 from meshgate.observe.audit import AuditEvent, AuditLog, AuditWriter, Signer
 from meshgate.observe.counters import Counters
@@ -44,7 +45,11 @@ class Runtime:
         self.config = config
         self.plugins = plugins
         self.started_at = int(time.time())
-        context = ProviderContext(data_dir=settings.data_dir, request_timeout=settings.request_timeout)
+        context = ProviderContext(
+            data_dir=settings.data_dir,
+            request_timeout=settings.request_timeout,
+            model_cache=settings.resolved_model_cache,
+        )
         self.models: dict[str, Model] = {
             model.name: provider_types[model.provider].factory(model, context) for model in config.models
         }
@@ -93,7 +98,7 @@ class Runtime:
             redis_limiter = RedisLimiter(self.settings.redis_url)
             if not await redis_limiter.ping():
                 await redis_limiter.close()
-                raise RuntimeError(f"redis_url: cannot reach Redis at {redact(self.settings.redis_url)}")
+                raise StartupError(f"redis_url: cannot reach Redis at {redact(self.settings.redis_url)}")
             self.limiter = redis_limiter
             self.ledger = RedisLedger(self._spent_since, self.settings.redis_url)
 
@@ -107,7 +112,7 @@ class Runtime:
             try:
                 await model.start()
             except Exception as exc:
-                raise RuntimeError(f"model `{model.name}` ({model.provider}) failed to start: {exc}") from exc
+                raise StartupError(f"model `{model.name}` ({model.provider}) failed to start: {exc}") from exc
             self._started.append(model)
             log.info("model %s (%s) ready in %.1fs", model.name, model.provider, time.monotonic() - began)
 

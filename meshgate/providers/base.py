@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from meshgate.protocol import ChatCompletionRequest
+from meshgate.settings import default_model_cache
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,16 @@ class CapabilityProfile:
     embedding_shortening: bool = False
     #: Whether it accepts token arrays as embedding input.
     embedding_token_input: bool = False
+    #: Audio output: `audio`, `modalities` with "audio", earlier audio replies (by id) in the messages.
+    audio_output: bool = False
+    #: The deprecated `functions` and `function_call`, and messages of role "function".
+    functions: bool = False
+    #: Custom (free-form input) tools, their calls and `tool_choice` of type "custom".
+    custom_tools: bool = False
+    #: `web_search_options` (OpenAI's search models).
+    web_search: bool = False
+    #: `moderation` of the input and output (a control: never dropped silently).
+    moderation: bool = False
 
 
 class Price(BaseModel):
@@ -67,6 +78,11 @@ class ModelConfig(BaseModel):
     provider: str = Field(description="The provider type that serves it.")
     description: str = ""
     price: Price = Price()
+    card: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Model card fields served in /v1/models under `meshgate.card` (license, source, owner, "
+        "approved uses, ...); they override what the provider knows of the model.",
+    )
     rpm: int | None = Field(None, ge=1, description="Requests per minute to this model, across all callers.")
     tpm: int | None = Field(None, ge=1, description="Tokens per minute to this model, across all callers.")
 
@@ -111,6 +127,11 @@ class Model(ABC):
         """Extra facts for GET /v1/models/{id} (under `meshgate`)."""
         return {}
 
+    def card(self) -> dict[str, Any]:
+        """What the provider knows of the model itself (name, license, source, file); mesh.yaml's
+        `card:` fields are laid over it in /v1/models."""
+        return {}
+
 
 class ChatModel(Model):
     @abstractmethod
@@ -148,6 +169,8 @@ class ProviderContext:
     data_dir: Path
     #: Default seconds a whole call may take (the `request_timeout` setting).
     request_timeout: float = 600.0
+    #: Where model files shipped in split packages are assembled (the `model_cache` setting).
+    model_cache: Path = field(default_factory=default_model_cache)
 
 
 @dataclass(frozen=True)

