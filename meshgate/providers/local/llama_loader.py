@@ -3,8 +3,9 @@
 llama.cpp can repack weights into "extra buffer types" at load time (AMX tiles on Intel CPUs that
 have them, interleaved blocks for AVX2/AVX-512). On this project's CI machines (Xeon with AMX) the
 AMX path of llama-cpp-python 0.3.36 crashes the process (SIGSEGV) on the first prompt of more than
-one token with Qwen2.5's Q4_K_M file, so `auto` leaves the extra buffers off on CPUs that report
-AMX and on everywhere else. `llama_cpp.Llama` has no parameter for it; its model parameters are
+one token with Qwen2.5's Q4_K_M file (a known, machine-dependent crash in `ggml_backend_amx_mul_mat`
+with Q4_K_M weights, ggml-org/llama.cpp#20824, unfixed), so `auto` leaves the extra buffers off on
+CPUs that report AMX and on everywhere else. `llama_cpp.Llama` has no parameter for it; its model parameters are
 read from `llama_model_default_params()` at construction, which is wrapped here, under a lock,
 only for the duration of one construction.
 """
