@@ -14,21 +14,37 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshgate.api import admin, health, openai, openapi
-from meshgate.api.responses import error_response, unexpected_error
+from meshgate.api.responses import clip, error_response, unexpected_error
 from meshgate.api.sse import RAW_SEND
 from meshgate.collector import Collector
 from meshgate.control.middleware import AuthMiddleware
-from meshgate.errors import MeshError, MethodNotAllowed, RouteNotFound, StartupError
+from meshgate.errors import HeadersTooLarge, MeshError, MethodNotAllowed, RouteNotFound, StartupError
 from meshgate.gateway.runtime import Runtime
 from meshgate.observe import metrics
 from meshgate.observe.counters import Counters
 
 log = logging.getLogger("meshgate.api")
 
+#: Caps on request headers (uvicorn's httptools parser has none): more headers, or more bytes of
+#: names and values together, are refused with a 431 before authentication or routing.
+MAX_HEADER_COUNT = 100
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def headers_too_large(headers: list[tuple[bytes, bytes]]) -> HeadersTooLarge | None:
+    if len(headers) > MAX_HEADER_COUNT:
+        return HeadersTooLarge(f"Too many request headers: {len(headers)}, the limit is {MAX_HEADER_COUNT}.")
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value)
+    if size > MAX_HEADER_BYTES:
+        return HeadersTooLarge(f"Request headers are larger than the limit of {MAX_HEADER_BYTES} bytes.")
+    return None
+
 
 class RequestIdMiddleware:
-    """Gives every request an id (`x-request-id` on every response) and turns any unexpected
-    exception into a 500 in OpenAI's schema without a traceback."""
+    """Gives every request an id (`x-request-id` on every response), refuses oversized headers
+    (431), and turns any unexpected exception into a 500 in OpenAI's schema without a traceback."""
 
     def __init__(self, app: ASGIApp, counters: Counters, collector: Collector) -> None:
         self.app = app
@@ -53,6 +69,12 @@ class RequestIdMiddleware:
             await send(message)
 
         try:
+            refused = headers_too_large(scope["headers"])
+            if refused is not None:
+                self.counters.error(refused.status, refused.kind)
+                log.info("%s -> %d %s: %s", request_id, refused.status, refused.kind, refused.message)
+                await error_response(refused, request_id)(scope, receive, send_with_id)
+                return
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
             self.counters.error(500, "internal")
@@ -120,10 +142,10 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> _MeshApp:
             level,
             "%s %s -> %d %s: %s",
             request.method,
-            request.url.path,
+            clip(request.url.path),
             exc.status,
             exc.kind,
-            exc.message,
+            clip(exc.message),
             extra={"request_id": request.state.request_id},
         )
         return error_response(exc, request.state.request_id)
@@ -163,6 +185,7 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> _MeshApp:
     )
     app.startup_failure = startup_failure
     app.state.runtime = runtime
+    app.state.metrics = runtime.metrics
     app.state.counters = counters
     app.state.collector = collector
     app.state.openapi = openapi.build_openapi()

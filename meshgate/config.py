@@ -28,6 +28,7 @@ import yaml
 from pydantic import SecretStr, ValidationError
 
 from meshgate.errors import ConfigError
+from meshgate.names import name_problem
 from meshgate.providers.base import ModelConfig, ProviderType
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -133,6 +134,9 @@ def parse_models(
                     f"{where}.{field_name}: secrets are not written in the file; reference an environment "
                     f"variable instead, e.g. {field_name}: ${{MY_{field_name.upper()}}}"
                 )
+        problem = name_problem("model name", model.name)
+        if problem is not None:
+            raise ConfigError(f"{where}.name: {problem}")
         if model.name in seen:
             raise ConfigError(f"{where}.name: {model.name!r} is already used by models[{seen[model.name]}]")
         seen[model.name] = index

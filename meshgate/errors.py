@@ -186,3 +186,12 @@ class ConfigError(Exception):
 class StartupError(Exception):
     """The server cannot start: the message says what and where (a model file, Redis), and is all
     that is printed (no traceback) before the process exits non-zero."""
+
+
+class HeadersTooLarge(MeshError):
+    """Too many request headers, or too many bytes of them (431, Request Header Fields Too Large)."""
+
+    status = 431
+    type = "invalid_request_error"
+    default_code = "request_header_fields_too_large"
+    kind = "headers_too_large"

@@ -14,12 +14,33 @@ plain dicts, so their new fields pass through too.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
 from meshgate.errors import InvalidRequest
+
+# -- bounds --------------------------------------------------------------------------------------
+# Every number a request carries is bounded here, so that an oversize one is a 400 naming its field
+# (never an OverflowError further in, nor a value passed upstream unchecked).
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: Largest token count or token id accepted: far above any model's context, and exact as a float.
+MAX_TOKENS = 2**31 - 1
+#: Largest number of entries in `logit_bias` (OpenAI's limit).
+MAX_LOGIT_BIAS = 300
+#: Longest `user` (end-user id) accepted: OpenAI's limit; it is stored in every usage row.
+MAX_USER_LENGTH = 64
+#: Largest `dimensions` of an embedding (the models' own sizes are checked against their profiles).
+MAX_DIMENSIONS = 65536
+
+Int64 = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
+TokenCount = Annotated[int, Meta(ge=1, le=MAX_TOKENS)]
+TokenId = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
+UserId = Annotated[str, Meta(max_length=MAX_USER_LENGTH)]
 
 # -- message content ---------------------------------------------------------------------------
 
@@ -116,7 +137,7 @@ class AssistantAudio(Struct, forbid_unknown_fields=True, omit_defaults=True):
 
     id: str
     data: str | None = None
-    expires_at: int | None = None
+    expires_at: Int64 | None = None
     transcript: str | None = None
 
 
@@ -199,8 +220,35 @@ class ResponseFormat(Struct, forbid_unknown_fields=True, omit_defaults=True):
 Temperature = Annotated[float, Meta(ge=0, le=2)]
 Probability = Annotated[float, Meta(ge=0, le=1)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
-PositiveInt = Annotated[int, Meta(ge=1)]
 StopList = Annotated[list[str], Meta(max_length=16)]
+#: Token id (a decimal string, as in JSON object keys) -> bias. Keys and values are checked by
+#: `check_logit_bias` so that any bad entry is a 400 naming `logit_bias`; the schema documents them.
+LogitBias = Annotated[
+    dict[
+        Annotated[str, Meta(extra_json_schema={"pattern": "^[0-9]{1,10}$"})],
+        Annotated[float, Meta(extra_json_schema={"minimum": -100, "maximum": 100})],
+    ],
+    Meta(max_length=MAX_LOGIT_BIAS),
+]
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")
+
+
+def check_logit_bias(bias: dict[str, float]) -> None:
+    """Keys must be token ids (decimal, >= 0) and values within -100..100: a 400 before any call."""
+    for key, value in bias.items():
+        if not (_TOKEN_ID.fullmatch(key) and int(key) <= MAX_TOKENS):
+            raise InvalidRequest(
+                f"Invalid value for 'logit_bias': the key {key[:40]!r} is not a token id "
+                "(a decimal integer >= 0, as a string).",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        if not (math.isfinite(value) and -100 <= value <= 100):
+            raise InvalidRequest(
+                f"Invalid value for 'logit_bias': the bias of token {key} is {value:g}; it must be within -100..100.",
+                param="logit_bias",
+                code="invalid_value",
+            )
 
 
 class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -208,19 +256,19 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=Tr
 
     model: Annotated[str, Meta(min_length=1)]
     messages: Annotated[list[Message], Meta(min_length=1)]
-    max_tokens: PositiveInt | None = None
-    max_completion_tokens: PositiveInt | None = None
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
     temperature: Temperature | None = None
     top_p: Probability | None = None
     stop: str | StopList | None = None
-    seed: int | None = None
-    user: str | None = None
+    seed: Int64 | None = None
+    user: UserId | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1, le=128)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
+    logit_bias: LogitBias | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
@@ -248,6 +296,10 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=Tr
     web_search_options: dict[str, Any] | None = None
     moderation: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        if self.logit_bias:
+            check_logit_bias(self.logit_bias)
+
     @property
     def output_limit(self) -> int | None:
         """The caller's cap on generated tokens (max_completion_tokens wins, as in OpenAI's API)."""
@@ -266,10 +318,10 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=Tr
 
 # -- embeddings request ------------------------------------------------------------------------
 
-TokenArray = Annotated[list[int], Meta(min_length=1)]
+TokenArray = Annotated[list[TokenId], Meta(min_length=1)]
 # msgspec allows one array type per union, so the list's items carry the variants and
 # `EmbeddingRequest.inputs()` checks that they are all of one kind.
-InputItem = str | int | TokenArray
+InputItem = str | TokenId | TokenArray
 
 
 class EmbeddingRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -279,8 +331,8 @@ class EmbeddingRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
     input: str | Annotated[list[InputItem], Meta(min_length=1, max_length=2048)]
     #: None (or missing) means "float".
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: PositiveInt | None = None
-    user: str | None = None
+    dimensions: Annotated[int, Meta(ge=1, le=MAX_DIMENSIONS)] | None = None
+    user: UserId | None = None
 
     def inputs(self) -> list[str] | list[list[int]]:
         """The inputs as texts, or as token arrays; a mixture or an empty text is a 400."""

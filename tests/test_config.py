@@ -177,3 +177,20 @@ def test_usage_command_formats(tmp_path: Path) -> None:
         assert expected in result.output
     bad = runner.invoke(cli, ["usage", "--since", "yesterday", *data])
     assert bad.exit_code == 2 and "duration" in bad.output
+
+
+@pytest.mark.parametrize("name", ["a/b", "my model", "gpt:4o", "-x", "m" * 65, "qwen*"])
+def test_model_names_use_the_one_character_set(tmp_path: Path, name: str) -> None:
+    text = f"models:\n  - {{name: {json.dumps(name)}, provider: local-embedding}}\n"
+    message = error_of(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'mesh.yaml'}: models[0].name: model name {name!r} is not valid")
+    assert "letters, digits" in message
+
+
+def test_model_names_in_use_are_valid(tmp_path: Path) -> None:
+    text = "".join(f"  - {{name: {n}, provider: local-embedding}}\n" for n in ("local-chat", "remote-embed", "v1.5_b"))
+    assert [m.name for m in load_config(write(tmp_path, "models:\n" + text), TYPES).models] == [
+        "local-chat",
+        "remote-embed",
+        "v1.5_b",
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -33,12 +33,14 @@ class TeamCreate(Struct, forbid_unknown_fields=True):
     models: list[str] = []
 
 
-class TeamUpdate(Struct, forbid_unknown_fields=True, omit_defaults=True):
-    rpm: Count | None = None
-    tpm: Count | None = None
-    budget_usd: Money | None = None
-    budget_period: str | None = None
-    models: list[str] | None = None
+class TeamUpdate(Struct, forbid_unknown_fields=True):
+    """A field left out stays as it is; a field given as null is cleared (no limit, all models)."""
+
+    rpm: Count | UnsetType | None = UNSET
+    tpm: Count | UnsetType | None = UNSET
+    budget_usd: Money | UnsetType | None = UNSET
+    budget_period: str | UnsetType | None = UNSET
+    models: list[str] | UnsetType | None = UNSET
 
 
 class KeyCreate(Struct, forbid_unknown_fields=True):
@@ -92,9 +94,9 @@ async def create_team(request: Request) -> Response:
 
 
 async def update_team(request: Request) -> Response:
-    """PATCH: the fields given (not null) change; the others stay as they are."""
+    """PATCH: the fields given change, null clearing a limit (or the model list); the others stay."""
     body = await decode_request(request, TeamUpdate, _limit(request))
-    changes = {f: getattr(body, f) for f in body.__struct_fields__ if getattr(body, f) is not None}
+    changes = {f: getattr(body, f) for f in body.__struct_fields__ if getattr(body, f) is not UNSET}
     team = await _service(request).update_team(request.path_params["name"], changes)
     await _changed(request)
     return JSONBytesResponse(team.public())

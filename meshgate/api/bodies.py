@@ -10,9 +10,9 @@ import re
 from typing import TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from meshgate.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from meshgate.errors import ClientDisconnected, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 T = TypeVar("T")
 
@@ -22,16 +22,21 @@ _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
+    """The body, at most `limit` bytes (413 above). A client that hangs up while sending it is a
+    client disconnect (499, logged at info), not a server error."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientDisconnected() from None
     return b"".join(chunks)
 
 

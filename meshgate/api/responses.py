@@ -13,6 +13,17 @@ from meshgate.errors import InternalError, MeshError
 log = logging.getLogger("meshgate.api")
 _encode = msgspec.json.Encoder().encode
 
+#: Longest client-supplied text echoed in an error body or written in a log line, in characters.
+MAX_ECHO = 512
+
+
+def clip(text: str, limit: int = MAX_ECHO) -> str:
+    """`text`, cut to `limit` characters with a note of how much was left out: a 1 MB model name
+    must not come back whole in a 404, nor fill the logs."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
 
 def encode_json(value: Any) -> bytes:
     return _encode(value)
@@ -26,8 +37,15 @@ class JSONBytesResponse(Response):
 
 
 def error_response(error: MeshError, request_id: str) -> Response:
-    """The one place a typed error becomes an HTTP response in OpenAI's error schema."""
-    return JSONBytesResponse(error.body(), status_code=error.status, headers=error.headers())
+    """The one place a typed error becomes an HTTP response in OpenAI's error schema; long values
+    (an echoed model name, a field path) are clipped."""
+    body = error.body()
+    fields = body.get("error")
+    if isinstance(fields, dict):
+        for name, value in fields.items():
+            if isinstance(value, str) and len(value) > MAX_ECHO:
+                fields[name] = clip(value)
+    return JSONBytesResponse(body, status_code=error.status, headers=error.headers())
 
 
 def unexpected_error(exc: BaseException, request_id: str) -> Response:

@@ -29,16 +29,65 @@ T = TypeVar("T")
 store_options = settings_options("data_dir", "database_url")
 
 
-def limit_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--budget-period", type=click.Choice(PERIODS), default=None, help="Budget period.")(func)
-    func = click.option(
-        "--budget", "budget_usd", type=click.FloatRange(min=0), default=None, help="Budget in USD per period."
-    )(func)
-    func = click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute.")(func)
-    func = click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute.")(func)
-    return click.option(
-        "--models", default=None, help="Comma-separated model names or patterns it may use, or * for all."
-    )(func)
+class _Clear:
+    """What `--rpm none` (and the other limits) parse to on `teams update`: clear the limit."""
+
+    def __repr__(self) -> str:
+        return "CLEAR"
+
+
+CLEAR: Any = _Clear()
+
+
+def _or_none(inner: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """An option callback: `none` (any case) for CLEAR, else a value of the click type `inner`."""
+
+    def convert(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None or value is CLEAR:
+            return value
+        if value.strip().lower() == "none":
+            return CLEAR
+        try:
+            return inner.convert(value, param, ctx)
+        except click.BadParameter as error:
+            raise click.BadParameter(f"{error.message}, or none to clear it", ctx, param) from None
+
+    return convert
+
+
+def _limit_options(clearable: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--models, --rpm, --tpm, --budget and --budget-period; with `clearable`, each limit also takes
+    `none` (for `teams update`)."""
+
+    def limit(flag: str, dest: str, inner: Any, help: str, metavar: str) -> Callable[..., Any]:
+        if not clearable:
+            return click.option(flag, dest, type=inner, default=None, help=help)
+        return click.option(
+            flag,
+            dest,
+            default=None,
+            callback=_or_none(inner),
+            metavar=f"{metavar}|none",
+            help=help + " `none` clears it.",
+        )
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = limit("--budget-period", "budget_period", click.Choice(PERIODS), "Budget period.", "|".join(PERIODS))(
+            func
+        )
+        func = limit("--budget", "budget_usd", click.FloatRange(min=0), "Budget in USD per period.", "USD")(func)
+        func = limit("--tpm", "tpm", click.IntRange(min=1), "Tokens per minute.", "N")(func)
+        func = limit("--rpm", "rpm", click.IntRange(min=1), "Requests per minute.", "N")(func)
+        return click.option(
+            "--models", default=None, help="Comma-separated model names or patterns it may use, or * for all."
+        )(func)
+
+    return decorate
+
+
+#: Limits for `create`; `update` also takes `none` to clear one.
+limit_options = _limit_options(clearable=False)
+clearable_limit_options = _limit_options(clearable=True)
 
 
 def _models(text: str | None) -> tuple[str, ...]:
@@ -52,6 +101,7 @@ def run_with_service(
     work: Callable[[ControlService], Awaitable[T]],
 ) -> T:
     from meshgate.store import connect, migrate
+    from meshgate.store.sqlite import private_dir
 
     try:
         _, settings = load(config_path, cli_values)
@@ -59,7 +109,7 @@ def run_with_service(
         raise click.ClickException(str(error)) from None
 
     async def main() -> T:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)  # 0700 when created; a warning if others may read it
         db = await connect(settings.resolved_database_url)
         try:
             await migrate(db)
@@ -235,19 +285,35 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
 
     @audit.command("verify")
     @store_options
-    def audit_verify(config_path: str | None, **store: Any) -> None:
-        """Check every record's hash chain and the signed checkpoints; exit 1 at the first bad record."""
+    @click.option(
+        "--anchor",
+        "anchor_paths",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="Another copy of the checkpoint anchor to compare with (JSON Lines; repeatable).",
+    )
+    def audit_verify(config_path: str | None, anchor_paths: tuple[str, ...], **store: Any) -> None:
+        """Check the record chain, the signed checkpoint chain and the anchors; exit 1 at the first bad record."""
+        from pathlib import Path
+
+        from meshgate.observe.audit_anchor import Anchor, FileAnchor
 
         async def check(service: ControlService) -> Any:
             assert service.audit is not None
-            return await verify(service.db, service.audit.signer)
+            anchors: list[Anchor] = [FileAnchor(Path(p)) for p in anchor_paths]
+            if service.audit.anchor is not None:
+                anchors.insert(0, service.audit.anchor)
+            return await verify(service.db, service.audit.signer, anchors)
 
         verdict = run_with_service(load, config_path, store, check)
+        for note in verdict.notes:
+            click.echo(f"note: {note}", err=True)
         if verdict.ok:
-            click.echo(f"ok: {verdict.checked} records, chain and signed checkpoints intact")
+            click.echo(f"ok: {verdict.checked} records, chain, signed checkpoints and anchors intact")
             return
+        intact = min(verdict.checked, (verdict.bad_seq or 1) - 1)
         click.echo(
-            f"TAMPERED at record {verdict.bad_seq}: {verdict.reason} ({verdict.checked} records before it are intact)",
+            f"TAMPERED at record {verdict.bad_seq}: {verdict.reason} ({intact} records before it are intact)",
             err=True,
         )
         raise SystemExit(1)
@@ -302,7 +368,7 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
 
     @teams.command("update")
     @store_options
-    @limit_options
+    @clearable_limit_options
     @click.argument("name")
     def teams_update(
         config_path: str | None,
@@ -314,9 +380,9 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
         budget_period: str | None,
         **store: Any,
     ) -> None:
-        """Change a team's limits or models (only the options given)."""
+        """Change a team's limits or models (only the options given); `--rpm none` clears a limit."""
         given = {"rpm": rpm, "tpm": tpm, "budget_usd": budget_usd, "budget_period": budget_period}
-        changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        changes: dict[str, Any] = {k: None if v is CLEAR else v for k, v in given.items() if v is not None}
         if models is not None:
             changes["models"] = _models(models)
         team = run_with_service(load, config_path, store, lambda s: s.update_team(name, changes))

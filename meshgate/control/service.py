@@ -1,6 +1,9 @@
 """Changes to teams and keys, shared by the CLI and the admin API. Every change bumps the
 control version, which running servers poll to reload, and look at before refusing an unknown key
-(see KeyStore in policy.py)."""
+(see KeyStore in policy.py).
+
+New team and key names must match `meshgate.names.NAME_PATTERN`; rows made before that rule keep
+working and can still be updated, revoked and rotated."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Any
 from meshgate.control.grants import ROLES
 from meshgate.control.records import PERIODS, KeyRecord, Limits, TeamRecord, hash_key, new_key, new_key_id
 from meshgate.errors import InvalidRequest, MeshError
+from meshgate.names import NAME_MAX, name_problem
 from meshgate.observe.audit import AuditEvent, AuditLog
 from meshgate.store import Database, Queries
 
@@ -34,6 +38,13 @@ class Conflict(MeshError):
 class CreatedKey:
     key: str  # shown once, never stored
     record: KeyRecord
+
+
+def check_name(kind: str, name: str, param: str) -> None:
+    """A 400 `invalid_value` naming the field when `name` is not a valid name."""
+    problem = name_problem(kind, name)
+    if problem is not None:
+        raise InvalidRequest(problem, param=param, code="invalid_value")
 
 
 def check_limits(limits: Limits) -> None:
@@ -78,8 +89,7 @@ class ControlService:
     # -- teams ---------------------------------------------------------------------------------
 
     async def create_team(self, name: str, limits: Limits, models: tuple[str, ...] = ()) -> TeamRecord:
-        if not name.strip():
-            raise InvalidRequest("a team needs a name", param="name")
+        check_name("team name", name, "name")
         check_limits(limits)
         now = time.time()
         async with self.db.transaction() as tx:
@@ -105,7 +115,12 @@ class ControlService:
         return team
 
     async def update_team(self, name: str, changes: dict[str, Any]) -> TeamRecord:
+        """Change the fields in `changes`; a limit given as None is cleared (no limit). Clearing the
+        budget clears its period too, unless the period is given as well. `models` None or () means
+        all models."""
         current = await self.get_team(name)
+        if "budget_usd" in changes and changes["budget_usd"] is None and "budget_period" not in changes:
+            changes = {**changes, "budget_period": None}
         limits = Limits(
             changes.get("rpm", current.limits.rpm),
             changes.get("tpm", current.limits.tpm),
@@ -113,7 +128,7 @@ class ControlService:
             changes.get("budget_period", current.limits.budget_period),
         )
         check_limits(limits)
-        models = check_models(tuple(changes["models"])) if "models" in changes else current.models
+        models = check_models(tuple(changes["models"] or ())) if "models" in changes else current.models
         async with self.db.transaction() as tx:
             await tx.execute(
                 "UPDATE teams SET rpm = ?, tpm = ?, budget_usd = ?, budget_period = ?, models = ?, updated_at = ? "
@@ -161,13 +176,17 @@ class ControlService:
         check_limits(limits)
         if expires_at is not None and expires_at <= time.time():
             raise InvalidRequest("the expiry date is in the past", param="expires_at")
+        if name is not None:
+            check_name("key name", name, "name")
         if not await self.db.fetchone("SELECT name FROM teams WHERE name = ?", (team,)):
             if not create_team:
                 raise NotFound(f"no team named {team!r}", param="team")
+            check_name("team name", team, "team")
             await self.create_team(team, Limits())
         key = new_key()
         key_id = new_key_id()
-        name = name or f"{team}-{key_id[4:]}"
+        suffix = "-" + key_id[4:]
+        name = name or team[: NAME_MAX - len(suffix)] + suffix
         async with self.db.transaction() as tx:
             if await tx.fetchone("SELECT id FROM api_keys WHERE name = ?", (name,)):
                 raise Conflict(f"a key named {name!r} already exists", param="name")

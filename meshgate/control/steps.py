@@ -9,7 +9,8 @@ import time
 from meshgate.control.budget import NANO, BudgetLedger, BudgetRefusal, BudgetScope, Reservation, to_nano
 from meshgate.control.policy import Policy, Principal
 from meshgate.control.ratelimit import Decision, RateLimiter, Scope
-from meshgate.errors import BudgetExceeded, RateLimited
+from meshgate.errors import BudgetExceeded, MeshError, RateLimited
+from meshgate.gateway.capabilities import REFUSED, refused
 from meshgate.gateway.pipeline import ORDER_AUTHORIZE, ORDER_LIMITS, Call, Step
 from meshgate.protocol import ChatCompletionRequest, message_text
 
@@ -17,6 +18,9 @@ log = logging.getLogger("meshgate.control")
 
 #: Output tokens assumed when neither the request nor the model's profile bounds them.
 DEFAULT_OUTPUT_ESTIMATE = 4096
+
+#: The adjective of a budget period, for messages.
+PERIOD_ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly"}
 
 
 def worst_case(call: Call) -> tuple[int, int]:
@@ -29,8 +33,10 @@ def worst_case(call: Call) -> tuple[int, int]:
     if isinstance(request, ChatCompletionRequest):
         prompt = sum(len(message_text(m.content).encode()) + 8 for m in request.messages)
         profile = call.model.profile
-        output = request.output_limit or profile.max_output_tokens or profile.context_window
-        return prompt, output or DEFAULT_OUTPUT_ESTIMATE
+        ceiling = profile.max_output_tokens or profile.context_window
+        output = request.output_limit or ceiling or DEFAULT_OUTPUT_ESTIMATE
+        # The capability check refused a larger limit already; this keeps the estimate sane anyway.
+        return prompt, min(output, ceiling) if ceiling else output
     inputs = request.inputs()
     return sum(len(item.encode()) + 2 if isinstance(item, str) else len(item) for item in inputs), 0
 
@@ -44,7 +50,11 @@ class AuthorizeModel(Step):
     order = ORDER_AUTHORIZE
 
     async def before(self, call: Call) -> None:
-        Policy.authorize(call.principal, "model", call.model_name, "use")
+        try:
+            Policy.authorize(call.principal, "model", call.model_name, "use")
+        except MeshError as exc:
+            refused(call, exc)
+            raise
 
 
 def scopes_for(principal: Principal, call: Call) -> list[Scope]:
@@ -84,7 +94,7 @@ class RateLimit(Step):
                 f"Try again in {math.ceil(decision.reset_seconds)}s.",
                 retry_after=max(1, math.ceil(decision.reset_seconds)),
             )
-            raise error
+            raise refused(call, error)
         call.response_headers.update(decision.headers())
         call.notes["rate_limit"] = (scopes, decision, estimate)
 
@@ -133,15 +143,22 @@ class Budget(Step):
         if isinstance(outcome, BudgetRefusal):
             scope = outcome.scope
             wait = max(1, math.ceil(outcome.reset_at - time.time()))
-            raise BudgetExceeded(
+            error = BudgetExceeded(
                 f"The {scope.kind} `{scope.name}` has spent ${outcome.spent_usd:.4f} of its "
-                f"${scope.limit_usd:g} {scope.period}ly budget; this request could cost up to "
-                f"${amount / NANO:.4f}. The budget renews in {wait}s.",
+                f"${scope.limit_usd:g} {PERIOD_ADJECTIVE.get(scope.period, scope.period)} budget; this request "
+                f"could cost up to ${amount / NANO:.4f}. The budget renews in {wait}s.",
                 retry_after=wait,
             )
+            raise refused(call, error)
         call.notes["budget"] = outcome
 
     async def after(self, call: Call) -> None:
+        if REFUSED in call.notes:
+            # Refused here or by an earlier step: nothing went upstream, so nothing was spent. The
+            # pipeline estimated tokens as for a call cut short; this step's `after` runs before
+            # those of the rate limit, usage, audit and metrics steps, so they all see $0.
+            call.prompt_tokens = call.completion_tokens = 0
+            call.cost_usd = 0.0
         reservation: Reservation | None = call.notes.get("budget")
         if reservation is None:
             return

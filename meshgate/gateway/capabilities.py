@@ -11,7 +11,7 @@ sent back) are hints: checked here by nobody, ignored by local models, passed on
 
 from __future__ import annotations
 
-from meshgate.errors import UnsupportedParameter
+from meshgate.errors import ContextLengthExceeded, MeshError, UnsupportedParameter
 from meshgate.gateway.pipeline import ORDER_CHECK_CAPABILITIES, Call, Step
 from meshgate.protocol import (
     AssistantMessage,
@@ -25,6 +25,18 @@ from meshgate.protocol import (
     UserMessage,
 )
 from meshgate.providers.base import CapabilityProfile
+
+#: `call.notes` key set (to the error's kind) by a step that refuses a call before it goes upstream:
+#: this check, authorization, rate limits, budgets. Such a call cost nothing: the budget step's `after`
+#: clears the pipeline's estimate of its tokens, and its usage row is marked refused (budgets rebuilt
+#: from usage leave it out). Defined here, the lowest layer the control and observe steps share.
+REFUSED = "refused"
+
+
+def refused(call: Call, error: MeshError) -> MeshError:
+    """Mark `call` as refused before it went upstream (see REFUSED); returns the error to raise."""
+    call.notes[REFUSED] = error.kind
+    return error
 
 
 def _refuse(model: str, what: str, param: str) -> UnsupportedParameter:
@@ -75,11 +87,7 @@ def check_chat(request: ChatCompletionRequest, profile: CapabilityProfile) -> No
         raise UnsupportedParameter(
             f"The model `{model}` accepts at most {profile.max_stop_sequences} stop sequences.", param="stop"
         )
-    if profile.max_output_tokens is not None and (request.output_limit or 0) > profile.max_output_tokens:
-        raise UnsupportedParameter(
-            f"The model `{model}` generates at most {profile.max_output_tokens} tokens per request.",
-            param="max_tokens" if request.max_completion_tokens is None else "max_completion_tokens",
-        )
+    _check_output_limit(request, profile)
     for index, message in enumerate(request.messages):
         if isinstance(message, ToolMessage) and not profile.tools:
             raise _refuse(model, "tool messages", f"messages[{index}]")
@@ -96,6 +104,27 @@ def check_chat(request: ChatCompletionRequest, profile: CapabilityProfile) -> No
                     raise _refuse(model, "audio input", param)
                 if isinstance(part, FilePart):
                     raise _refuse(model, "file input", param)
+
+
+def _check_output_limit(request: ChatCompletionRequest, profile: CapabilityProfile) -> None:
+    """max_tokens / max_completion_tokens within what the model can generate: its output limit, else
+    its context window (the prompt takes part of it too, but is not tokenized yet)."""
+    limit = request.output_limit
+    if limit is None:
+        return
+    param = "max_tokens" if request.max_completion_tokens is None else "max_completion_tokens"
+    if profile.max_output_tokens is not None and limit > profile.max_output_tokens:
+        raise UnsupportedParameter(
+            f"The model `{request.model}` generates at most {profile.max_output_tokens} tokens per request "
+            f"({param} is {limit}).",
+            param=param,
+        )
+    if profile.context_window is not None and limit > profile.context_window:
+        raise ContextLengthExceeded(
+            f"The model `{request.model}` has a context window of {profile.context_window} tokens; "
+            f"{param} ({limit}) cannot exceed it.",
+            param=param,
+        )
 
 
 def _check_assistant(model: str, message: AssistantMessage, index: int, profile: CapabilityProfile) -> None:
@@ -120,6 +149,12 @@ def check_embeddings(request: EmbeddingRequest, profile: CapabilityProfile) -> N
             f"dimensions={dimensions} (its vectors have {profile.embedding_dimensions})",
             "dimensions",
         )
+    size = profile.embedding_dimensions
+    if dimensions is not None and size is not None and dimensions > size:
+        raise UnsupportedParameter(
+            f"The model `{model}` makes vectors of {size} dimensions; dimensions={dimensions} cannot exceed it.",
+            param="dimensions",
+        )
     if request.is_token_input and not profile.embedding_token_input:
         raise _refuse(model, "token arrays as input; send text", "input")
 
@@ -130,7 +165,11 @@ class CapabilityCheck(Step):
 
     async def before(self, call: Call) -> None:
         assert call.model is not None
-        if isinstance(call.request, ChatCompletionRequest):
-            check_chat(call.request, call.model.profile)
-        else:
-            check_embeddings(call.request, call.model.profile)
+        try:
+            if isinstance(call.request, ChatCompletionRequest):
+                check_chat(call.request, call.model.profile)
+            else:
+                check_embeddings(call.request, call.model.profile)
+        except MeshError as exc:
+            refused(call, exc)  # nothing went upstream: the call costs nothing
+            raise

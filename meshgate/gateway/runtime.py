@@ -27,8 +27,9 @@ from meshgate.observe.metrics import Metrics, RuntimeCollector
 from meshgate.observe.tracing import Tracing
 from meshgate.providers.base import Model, ProviderContext, ProviderType
 from meshgate.settings import ServerSettings
-from meshgate.store import INSERT_USAGE, BatchWriter, Database, connect, migrate
+from meshgate.store import INSERT_USAGE, BatchWriter, Database, WriterStats, connect, migrate
 from meshgate.store.database import redact
+from meshgate.store.sqlite import private_dir
 
 log = logging.getLogger("meshgate")
 
@@ -66,12 +67,12 @@ class Runtime:
         self.counters = Counters()
         self.metrics = Metrics()
         self.tracing = Tracing.from_env()
-        self.metrics.registry.register(RuntimeCollector(self))
+        self.metrics.registry.register(RuntimeCollector(self._usage_stats, self.counters))
         self.pipeline = Pipeline(self.models, [])
         self._started: list[Model] = []
 
     async def start(self) -> None:
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.settings.data_dir)  # 0700 when created; a warning if others may read it
         self.db = await connect(self.settings.resolved_database_url)
         applied = await migrate(self.db)
         if applied:
@@ -161,16 +162,20 @@ class Runtime:
             await self.db.close()
 
     async def _spent_since(self, scope: BudgetScope, since: float) -> float:
-        """USD a key or team spent since `since`, from recorded usage (read once per period)."""
+        """USD a key or team spent since `since`, from recorded usage (read once per period).
+        Calls refused before going upstream (over budget, for example) spent nothing and are left out."""
         assert self.db is not None
         if self.usage is not None:
             await self.usage.flush()
         column = "key_id" if scope.kind == "key" else "team"
         row = await self.db.fetchone(
-            f"SELECT COALESCE(SUM(cost_usd), 0) AS spent FROM usage WHERE {column} = ? AND ts >= ?",
+            f"SELECT COALESCE(SUM(cost_usd), 0) AS spent FROM usage WHERE {column} = ? AND ts >= ? AND refused = 0",
             (scope.name, since),
         )
         return float(row["spent"]) if row else 0.0
+
+    def _usage_stats(self) -> WriterStats | None:
+        return self.usage.stats if self.usage is not None else None
 
     async def readiness(self) -> dict[str, Any]:
         checks: dict[str, Any] = {f"model:{name}": model.ready() for name, model in self.models.items()}

@@ -6,8 +6,7 @@ One registry per runtime, filled by the metrics step as calls end, plus values r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -18,9 +17,8 @@ from starlette.routing import Route
 
 from meshgate.errors import UpstreamError
 from meshgate.gateway.pipeline import Call, Step
-
-if TYPE_CHECKING:
-    from meshgate.gateway.runtime import Runtime
+from meshgate.observe.counters import Counters
+from meshgate.store import WriterStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 RATE_BUCKETS = (1, 5, 10, 20, 40, 60, 100, 200, 500, 1000)
@@ -65,19 +63,22 @@ class Metrics:
 
 
 class RuntimeCollector(Collector):
-    """Values read when scraped: the usage writer's queue, and errors counted at the HTTP edge."""
+    """Values read when scraped: the usage writer's queue, and errors counted at the HTTP edge.
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    Handed what it reads (the runtime passes them in): observe never imports the gateway's runtime.
+    `usage_stats` answers None before the usage writer exists."""
+
+    def __init__(self, usage_stats: Callable[[], WriterStats | None], counters: Counters) -> None:
+        self.usage_stats = usage_stats
+        self.counters = counters
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        usage = self.runtime.usage
+        stats = self.usage_stats()
         depth = GaugeMetricFamily("meshgate_usage_queue_depth", "Usage records waiting to be written")
         written = CounterMetricFamily("meshgate_usage_records_written", "Usage records written")
         dropped = CounterMetricFamily("meshgate_usage_records_dropped", "Usage records dropped (buffer full)")
         failed = CounterMetricFamily("meshgate_usage_write_failures", "Usage batches that failed and were retried")
-        if usage is not None:
-            stats = usage.stats
+        if stats is not None:
             depth.add_metric([], stats.queue_depth)
             written.add_metric([], stats.written)
             dropped.add_metric([], stats.dropped)
@@ -86,7 +87,7 @@ class RuntimeCollector(Collector):
         errors = CounterMetricFamily(
             "meshgate_http_errors", "Error responses by status and kind", labels=["status", "kind"]
         )
-        for (status, kind), count in self.runtime.counters.errors.items():
+        for (status, kind), count in self.counters.errors.items():
             errors.add_metric([str(status), kind], count)
         yield errors
 
@@ -130,8 +131,8 @@ class MetricsStep(Step):
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 ROUTES = [Route("/metrics", metrics_endpoint, methods=["GET"])]

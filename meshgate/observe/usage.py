@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from meshgate.gateway.capabilities import REFUSED
 from meshgate.gateway.pipeline import ORDER_RECORD, Call, Step
 from meshgate.store import BatchWriter, UsageRecord
 
@@ -15,6 +16,7 @@ class UsageStep(Step):
 
     async def after(self, call: Call) -> None:
         principal = call.principal
+        refused = REFUSED in call.notes
         self.writer.submit(
             UsageRecord(
                 id=call.request_id,
@@ -26,13 +28,15 @@ class UsageStep(Step):
                 model=call.model_name,
                 served_model=call.model.name if call.model is not None else call.model_name,
                 status=call.status,
-                prompt_tokens=call.prompt_tokens,
-                completion_tokens=call.completion_tokens,
-                cost_usd=call.cost_usd,
+                # A refused call never went upstream: it used no tokens and cost nothing.
+                prompt_tokens=0 if refused else call.prompt_tokens,
+                completion_tokens=0 if refused else call.completion_tokens,
+                cost_usd=0.0 if refused else call.cost_usd,
                 latency_ms=call.latency_ms,
                 ttft_ms=call.ttft_ms,
                 stream=call.stream,
                 cache_hit=call.cache_hit,
                 error_kind=call.error.kind if call.error is not None else None,
+                refused=refused,
             )
         )

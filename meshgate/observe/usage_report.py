@@ -1,4 +1,7 @@
-"""Usage summaries: requests, tokens, cost and errors grouped by team, key, model or day."""
+"""Usage summaries: requests, tokens, cost and errors grouped by team, key, model or day.
+
+Calls refused before going upstream (budget, rate limit, grants, capabilities) count as requests and
+errors, with no tokens and $0: the cost is what was really spent."""
 
 from __future__ import annotations
 
@@ -37,8 +40,10 @@ async def usage_report(db: Database, by: str = "team", since: float | None = Non
         db.dialect
     ]
     sql = (
-        f"SELECT {column} AS grp, COUNT(*) AS requests, SUM(prompt_tokens) AS prompt_tokens, "
-        "SUM(completion_tokens) AS completion_tokens, SUM(cost_usd) AS cost_usd, "
+        f"SELECT {column} AS grp, COUNT(*) AS requests, "
+        "SUM(CASE WHEN refused = 0 THEN prompt_tokens ELSE 0 END) AS prompt_tokens, "
+        "SUM(CASE WHEN refused = 0 THEN completion_tokens ELSE 0 END) AS completion_tokens, "
+        "SUM(CASE WHEN refused = 0 THEN cost_usd ELSE 0 END) AS cost_usd, "
         "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, AVG(latency_ms) AS avg_latency_ms "
         "FROM usage WHERE ts >= ? GROUP BY grp ORDER BY grp"
     )

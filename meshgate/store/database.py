@@ -1,4 +1,6 @@
-"""The database interface every backend implements, and `connect()` that picks one by URL.
+"""The database interface every backend implements (`connect()` in the package picks one by URL).
+
+Backends import this module; it imports no backend, so dependencies point one way.
 
 SQL is written once with `?` placeholders and portable types (TEXT, BIGINT, INTEGER, DOUBLE
 PRECISION); each backend adapts the placeholders. Rows come back as dicts.
@@ -11,8 +13,6 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import urlsplit
-
-from meshgate.errors import ConfigError
 
 Params = Sequence[Any]
 Row = dict[str, Any]
@@ -63,19 +63,3 @@ def redact(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
     return parts._replace(netloc=netloc).geturl()
-
-
-async def connect(url: str) -> Database:
-    scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
-        from meshgate.store.sqlite import SQLiteDatabase
-
-        return await SQLiteDatabase.open(url)
-    if scheme in ("postgresql", "postgres"):
-        from meshgate.store.postgres import PostgresDatabase
-
-        return await PostgresDatabase.open(url)
-    raise ConfigError(
-        f"database_url: unsupported scheme {scheme or '(none)'!r} in {redact(url)}; "
-        "use sqlite:///path/to/file.db or postgresql://user@host:5432/db"
-    )

@@ -129,6 +129,27 @@ MIGRATIONS: list[Migration] = [
             )""",
         ),
     ),
+    Migration(
+        # Checkpoints chained to each other: the records they cover start at first_seq, and
+        # prev_checkpoint is the digest of the checkpoint before (NULL on the unchained ones of 0004).
+        "0005_audit_checkpoint_chain",
+        (
+            "ALTER TABLE audit_checkpoints ADD COLUMN first_seq BIGINT",
+            "ALTER TABLE audit_checkpoints ADD COLUMN prev_checkpoint TEXT",
+        ),
+    ),
+    Migration(
+        "0006_usage_refused",
+        (
+            # Calls refused before going upstream (budget, rate limit, grants, capabilities) were
+            # recorded at an estimated cost, which budgets rebuilt from usage counted as spent.
+            "ALTER TABLE usage ADD COLUMN refused INTEGER NOT NULL DEFAULT 0",
+            # Of the past rows, those refused for budget are known for sure (only the budget step
+            # raises budget_exceeded): they cost nothing.
+            "UPDATE usage SET refused = 1, cost_usd = 0, prompt_tokens = 0, completion_tokens = 0 "
+            "WHERE error_kind = 'budget_exceeded'",
+        ),
+    ),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS meshgate_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"

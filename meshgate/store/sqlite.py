@@ -2,12 +2,19 @@
 
 All statements run on that thread, in order, so the event loop never blocks on disk and the
 connection is never shared between threads. WAL lets other processes read and write the same file.
+
+The database holds key hashes, usage and the audit log, so only its owner may read it: the file is
+created 0600 (SQLite gives its -wal and -shm files the database file's mode), a directory created
+for it 0700, and an existing file that others may read is narrowed to 0600 with a warning.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -19,6 +26,57 @@ from meshgate.errors import ConfigError
 from meshgate.store.database import Database, Params, Queries, Row
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+#: Permission bits for group and others.
+_SHARED = stat.S_IRWXG | stat.S_IRWXO
+
+
+def private_dir(path: Path) -> None:
+    """Create the directory `path` (and missing parents) for its owner only (0700).
+
+    A directory that already exists keeps its mode, since it may be one others need (`--data-dir .`);
+    if group or others may enter it, a warning says so and how to narrow it.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True)
+        return
+    except FileExistsError:
+        pass
+    if os.name != "posix" or not path.is_dir():
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & _SHARED:
+        log.warning(
+            "data directory %s is %04o: other local users may read what meshgate keeps there; "
+            "narrow it with `chmod 700 %s`",
+            path,
+            mode,
+            path,
+        )
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file 0600 if it is missing; narrow it (and its -wal and -shm files) to
+    0600 if others may read them."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    if os.name != "posix":
+        return
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & _SHARED:
+                file.chmod(mode & ~_SHARED)
+                log.warning("%s was %04o, readable by other local users; now %04o", file, mode, mode & ~_SHARED)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            log.warning("%s is readable by other local users and not ours to narrow (chmod 600 %s)", file, file)
 
 
 def _path_from_url(url: str) -> Path:
@@ -70,7 +128,10 @@ class SQLiteDatabase(Database):
         executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
 
         def connect() -> sqlite3.Connection:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.is_dir():
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if str(path) != ":memory:":
+                _private_file(path)
             # isolation_level=None: autocommit; transactions are explicit BEGIN ... COMMIT.
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
             conn.execute("PRAGMA journal_mode=WAL")

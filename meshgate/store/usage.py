@@ -23,6 +23,7 @@ USAGE_COLUMNS = (
     "stream",
     "cache_hit",
     "error_kind",
+    "refused",
 )
 
 INSERT_USAGE = (
@@ -50,14 +51,17 @@ class UsageRecord:
     stream: bool
     cache_hit: bool
     error_kind: str | None
+    #: Refused before it went upstream (authorization, capabilities, rate limit, budget): costs $0,
+    #: and budgets rebuilt from usage leave it out.
+    refused: bool = False
 
     def row(self) -> tuple[object, ...]:
         # One C call in column order rather than dataclasses.astuple, which deep-copies each value:
         # this runs once per call on the hot path. Flags are stored as integers.
         values = list(_COLUMN_VALUES(self))
-        values[_STREAM], values[_CACHE_HIT] = int(self.stream), int(self.cache_hit)
+        values[_STREAM], values[_CACHE_HIT], values[_REFUSED] = int(self.stream), int(self.cache_hit), int(self.refused)
         return tuple(values)
 
 
 _COLUMN_VALUES = attrgetter(*USAGE_COLUMNS)
-_STREAM, _CACHE_HIT = USAGE_COLUMNS.index("stream"), USAGE_COLUMNS.index("cache_hit")
+_STREAM, _CACHE_HIT, _REFUSED = (USAGE_COLUMNS.index(c) for c in ("stream", "cache_hit", "refused"))

@@ -8,6 +8,12 @@ frees its context at the next token.
 The loop over `Llama.generate()` is our own rather than `create_completion()`: it gives the exact
 number of generated tokens (usage with the model's own tokenizer), per-token cancellation, and stop
 sequences that never leak a partial match into the stream.
+
+Nothing that grows with a request's size runs on the event loop (docs/architecture.md, "The event
+loop never waits on a request's size"): a prompt that cannot fit the context window whatever its
+tokens is refused from its length alone, and rendering and tokenizing run in a small pool of their
+own threads. Message text is always tokenized as plain text: only the chat template's own text may
+produce control tokens, so `<|im_end|>` typed in a message cannot close a turn.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import codecs
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator
@@ -107,6 +114,37 @@ class LocalLlamaConfig(ModelConfig):
     repeat_penalty: float = Field(1.05, ge=0, description="llama.cpp's penalty on the last 64 tokens; 1 = off.")
 
 
+#: Threads that render and tokenize prompts, per model: tokenizing reads only the vocabulary, so
+#: this never waits for a generating context. One thread, so that prompts finish tokenizing in the
+#: order they arrived and requests then queue for a context in arrival order (the size check bounds
+#: how long one prompt can hold up the next).
+TOKENIZER_THREADS = 1
+
+#: Stands for message i's text when the chat template is rendered: private-use characters that no
+#: template escapes or trims. The template's own text around them is all it writes.
+_SLOT = "\ue000meshgate-content-{}\ue001"
+_SLOTS = re.compile("\ue000meshgate-content-(\\d+)\ue001")
+
+
+def _longest_token_bytes(llm: Any) -> int | None:
+    """The most bytes one token of the vocabulary stands for, control tokens included; None for a
+    vocabulary that may drop input text (WordPiece strips whitespace), so that no byte count bounds
+    its tokens."""
+    import ctypes
+
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    if llama_cpp.llama_vocab_type(vocab) not in (llama_cpp.LLAMA_VOCAB_TYPE_BPE, llama_cpp.LLAMA_VOCAB_TYPE_SPM):
+        return None
+    buffer = ctypes.create_string_buffer(1024)
+    longest = 1
+    for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
+        size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, True)
+        longest = max(longest, abs(size))
+    return longest
+
+
 @dataclass
 class _Prepared:
     prompt_tokens: list[int]
@@ -154,6 +192,8 @@ class LocalLlamaModel(ChatModel):
         self._model_cache = context.model_cache
         self._contexts: asyncio.Queue[Any] = asyncio.Queue()
         self._executor: ThreadPoolExecutor | None = None
+        self._tokenizing: ThreadPoolExecutor | None = None
+        self._max_token_bytes: int | None = None
         self._waiting = 0
         self._loaded = False
         self._tokenizer: Any = None
@@ -242,6 +282,8 @@ class LocalLlamaModel(ChatModel):
             llm = await asyncio.to_thread(self._load_context, path)
             self._tokenizer = self._tokenizer or llm
             self._contexts.put_nowait(llm)
+        self._max_token_bytes = await asyncio.to_thread(_longest_token_bytes, self._tokenizer)
+        self._tokenizing = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix=f"llama-tokenize-{self.name}")
         tokens = self._tokenizer._model
         bos = tokens.token_get_text(tokens.token_bos()) if tokens.token_bos() >= 0 else ""
         eos = tokens.token_get_text(tokens.token_eos()) if tokens.token_eos() >= 0 else ""
@@ -259,6 +301,8 @@ class LocalLlamaModel(ChatModel):
         self._loaded = False
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._tokenizing is not None:
+            self._tokenizing.shutdown(wait=True, cancel_futures=True)
         while not self._contexts.empty():
             llm = self._contexts.get_nowait()
             llm.close()
@@ -304,37 +348,100 @@ class LocalLlamaModel(ChatModel):
 
     # -- generation ----------------------------------------------------------------------------
 
+    def _refuse_oversized(self, messages: list[dict[str, Any]], utf8: bool = False) -> None:
+        """Refuse, from its length alone, a prompt that cannot fit whatever its tokens: no token
+        stands for more than `_max_token_bytes` bytes. On the event loop it counts characters (at
+        most the bytes, and free); in a tokenizer thread (`utf8`) the UTF-8 bytes."""
+        if self._max_token_bytes is None:
+            return
+        window = self.config.context_window
+        size = sum(len(m["content"].encode("utf-8")) if utf8 else len(m["content"]) for m in messages)
+        at_least = -(-size // self._max_token_bytes)
+        if at_least > window:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {window} tokens. "
+                f"However, your messages resulted in at least {at_least} tokens.",
+                param="messages",
+            )
+
+    def _tokenize(self, text: str, *, special: bool, add_bos: bool, room: int) -> tuple[int, list[int]]:
+        """Tokens of `text` and their count; only the count when there are more than `room`.
+        `special`: whether control-token strings in the text become control tokens."""
+        import llama_cpp
+
+        data = text.encode("utf-8")
+        size = max(room, 1)
+        buffer = (llama_cpp.llama_token * size)()
+        count = llama_cpp.llama_tokenize(self._tokenizer._model.vocab, data, len(data), buffer, size, add_bos, special)
+        if count < 0:
+            return -count, []
+        return count, list(buffer[:count])
+
     def _prepare(self, request: ChatCompletionRequest) -> _Prepared:
         """Render and tokenize the prompt and check it fits, before anything is queued or streamed.
+        Runs in a tokenizer thread (see `_prepare_off_loop`).
 
         Tokenizing reads only the model's vocabulary, which llama.cpp shares read-only between
         contexts, so it is safe here while other contexts generate.
+
+        The template is rendered with a placeholder for each message's text: what it writes
+        around them is tokenized with control tokens, the messages' texts as plain text.
         """
-        prompt = self.render(request)
+        if self._template is None:
+            raise ServiceUnavailable(f"model `{self.name}` is not loaded")
+        messages = self._messages(request)
+        self._refuse_oversized(messages, utf8=True)
+        texts = [message["content"] for message in messages]
+        slotted = [{**message, "content": _SLOT.format(i)} for i, message in enumerate(messages)]
+        try:
+            prompt = self._template.render(slotted)
+        except TemplateRefusal as exc:
+            raise InvalidRequest(
+                f"The model `{self.name}` cannot take these messages: {exc}", param="messages"
+            ) from None
         # The template writes the BOS token itself where the model wants one; otherwise llama.cpp
         # adds it if the GGUF asks for it (`tokenizer.ggml.add_bos_token`).
-        assert self._template is not None
         bos = self._template.bos_token
         add_bos = not (bos and prompt.startswith(bos))
-        prompt_tokens: list[int] = self._tokenizer.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
         window = self.config.context_window
-        room = window - len(prompt_tokens)
+        pieces = _SLOTS.split(prompt)  # template text, message index, template text, ...
+        prompt_tokens: list[int] = []
+        total = 0
+        for index, piece in enumerate(pieces):
+            is_message = index % 2 == 1
+            text = texts[int(piece)] if is_message else piece
+            if not text and not (index == 0 and add_bos):
+                continue
+            count, tokens = self._tokenize(
+                text, special=not is_message, add_bos=index == 0 and add_bos, room=window - total
+            )
+            total += count
+            prompt_tokens += tokens
+        room = window - total
         if room < 1:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {window} tokens. "
-                f"However, your messages resulted in {len(prompt_tokens)} tokens.",
+                f"However, your messages resulted in {total} tokens.",
                 param="messages",
             )
         requested = request.output_limit
         if requested is not None and requested > room:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {window} tokens. However, you requested "
-                f"{len(prompt_tokens) + requested} tokens ({len(prompt_tokens)} in the messages, "
+                f"{total + requested} tokens ({total} in the messages, "
                 f"{requested} in the completion).",
                 param="max_tokens" if request.max_completion_tokens is None else "max_completion_tokens",
             )
         limit = min(requested or self.config.default_max_tokens, room)
         return _Prepared(prompt_tokens=prompt_tokens, limit=limit, stops=[s for s in request.stop_list if s])
+
+    async def _prepare_off_loop(self, request: ChatCompletionRequest) -> _Prepared:
+        """`_prepare` in a tokenizer thread, after the size check on the loop (which costs nothing)."""
+        if self._tokenizing is None:
+            raise ServiceUnavailable(f"model `{self.name}` is not loaded")
+        self._refuse_oversized(self._messages(request))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizing, self._prepare, request)
 
     def _generate(
         self,
@@ -454,7 +561,7 @@ class LocalLlamaModel(ChatModel):
             future.add_done_callback(lambda _f: self._contexts.put_nowait(llm))
 
     async def complete(self, request: ChatCompletionRequest, call: CallContext) -> dict[str, Any]:
-        prepared = self._prepare(request)
+        prepared = await self._prepare_off_loop(request)
         call.prompt_tokens = len(prepared.prompt_tokens)
         created = int(time.time())
         parts: list[str] = []
@@ -473,7 +580,7 @@ class LocalLlamaModel(ChatModel):
         raise ServiceUnavailable(f"model `{self.name}` stopped without an answer")  # pragma: no cover
 
     async def stream(self, request: ChatCompletionRequest, call: CallContext) -> AsyncIterator[dict[str, Any]]:
-        prepared = self._prepare(request)
+        prepared = await self._prepare_off_loop(request)
         call.prompt_tokens = len(prepared.prompt_tokens)
         completion_id = new_completion_id()
         created = int(time.time())

@@ -8,6 +8,11 @@ over-long inputs, rather than silently truncated.
 Concurrent requests are coalesced: texts queue up, and one worker takes up to `max_batch_size` of
 them (waiting at most `batch_wait_ms` for company) into one inference, padded to the batch's longest
 text. Each caller gets back exactly its own vectors.
+
+Tokenizing runs in threads of its own, never on the event loop, and its work is bounded by what can
+fit: a long text is first tokenized by growing prefixes cut at a space (whose tokens are a prefix of
+the whole text's), so a text of megabytes is refused after a few kilobytes of it
+(docs/architecture.md, "The event loop never waits on a request's size").
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ from meshgate.providers.base import (
 )
 
 DIMENSIONS = 384
+#: Threads that tokenize (the tokenizer is shared: Hugging Face `tokenizers` is thread-safe).
+TOKENIZER_THREADS = 2
+#: A text longer than max_input_tokens * this many characters is first tokenized by prefixes.
+PREFIX_CHARS_PER_TOKEN = 16
 
 
 class LocalEmbeddingConfig(ModelConfig):
@@ -75,6 +84,7 @@ class LocalEmbeddingModel(EmbeddingModel):
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._tokenizing: ThreadPoolExecutor | None = None
         self._model_file = ""
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -116,6 +126,7 @@ class LocalEmbeddingModel(EmbeddingModel):
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnx-{self.name}")
+        self._tokenizing = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix=f"tokenize-{self.name}")
         self._worker = asyncio.create_task(self._batches(), name=f"embed-batcher-{self.name}")
 
     async def close(self) -> None:
@@ -125,6 +136,8 @@ class LocalEmbeddingModel(EmbeddingModel):
                 await self._worker
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self._tokenizing is not None:
+            self._tokenizing.shutdown(wait=True, cancel_futures=True)
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
@@ -192,19 +205,45 @@ class LocalEmbeddingModel(EmbeddingModel):
                 if not job.future.done():
                     job.future.set_result(vector)
 
+    def _too_long(self, text: str) -> int:
+        """For a long text, a token count over the limit found from a prefix of it (0 if none was).
+
+        A prefix cut just before a space tokenizes to the whole text's first tokens, plus the same
+        [CLS]/[SEP]: its count is a lower bound. Prefixes grow fourfold, so a text over the limit
+        costs at most a few times the length that first shows it; only a text that is mostly
+        whitespace (which makes no tokens) is tokenized whole."""
+        limit = self.config.max_input_tokens
+        size = limit * PREFIX_CHARS_PER_TOKEN
+        while size < len(text):
+            cut = text.rfind(" ", 0, size)
+            if cut > 0:
+                # encode_batch lets go of the GIL while it works; encode does not.
+                count = len(self._tokenizer.encode_batch([text[:cut]], add_special_tokens=True)[0].ids)
+                if count > limit:
+                    return count
+            size *= 4
+        return 0
+
     def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text; refuses one over `max_input_tokens`. Runs in a tokenizer thread."""
         if self._tokenizer is None:
             raise ServiceUnavailable(f"model `{self.name}` is not loaded")
+        limit = self.config.max_input_tokens
+
+        def refuse(index: int, count: str) -> ContextLengthExceeded:
+            where = f"input[{index}]" if len(texts) > 1 else "input"
+            return ContextLengthExceeded(
+                f"This model's maximum input length is {limit} tokens; {where} has {count} tokens.", param="input"
+            )
+
+        for index, text in enumerate(texts):
+            if count := self._too_long(text):
+                raise refuse(index, f"at least {count}")
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=True)
         ids: list[list[int]] = [encoding.ids for encoding in encodings]
-        limit = self.config.max_input_tokens
         for index, row in enumerate(ids):
             if len(row) > limit:
-                where = f"input[{index}]" if len(texts) > 1 else "input"
-                raise ContextLengthExceeded(
-                    f"This model's maximum input length is {limit} tokens; {where} has {len(row)} tokens.",
-                    param="input",
-                )
+                raise refuse(index, str(len(row)))
         return ids
 
     async def embed(self, texts: EmbeddingInput, call: CallContext, dimensions: int | None = None) -> Embeddings:
@@ -215,8 +254,10 @@ class LocalEmbeddingModel(EmbeddingModel):
             raise UnsupportedParameter(
                 f"The model `{self.name}` makes {DIMENSIONS}-dimensional vectors only.", param="dimensions"
             )
-        ids = self.tokenize(texts)
+        if self._tokenizing is None:
+            raise ServiceUnavailable(f"model `{self.name}` is not loaded")
         loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(self._tokenizing, self.tokenize, texts)
         jobs = [_Job(row, loop.create_future()) for row in ids]
         for job in jobs:
             self._queue.put_nowait(job)
