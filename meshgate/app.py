@@ -14,10 +14,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshgate.api import admin, health, openai, openapi
+from meshgate.api.auth import AuthMiddleware
 from meshgate.api.responses import clip, error_response, unexpected_error
 from meshgate.api.sse import RAW_SEND
 from meshgate.collector import Collector
-from meshgate.control.middleware import AuthMiddleware
 from meshgate.errors import HeadersTooLarge, MeshError, MethodNotAllowed, RouteNotFound, StartupError
 from meshgate.gateway.runtime import Runtime
 from meshgate.observe import metrics

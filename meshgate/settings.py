@@ -67,6 +67,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("oidc_team_claim", str, "team", "The token claim that names the caller's team."),
     Setting("oidc_roles_claim", str, "roles", "The token claim with the caller's roles (admin, developer, app)."),
     Setting("audit_content", str, "off", "Prompts and responses in the audit log: off, redacted or full."),
+    Setting(
+        "audit_anchor",
+        str,
+        "",
+        "File every audit checkpoint is also appended to, outside the database (`audit verify` compares the "
+        "two); default `<data dir>/audit-anchor.log`; `off` disables it.",
+    ),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
     Setting("access_log", bool, False, "Log one line per HTTP request."),
 )
@@ -115,6 +122,7 @@ class ServerSettings:
     oidc_team_claim: str
     oidc_roles_claim: str
     audit_content: str
+    audit_anchor: str
     log_level: str
     access_log: bool
 

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from meshgate.api.bodies import decode_request
-from meshgate.api.responses import JSONBytesResponse, encode_json, error_response, unexpected_error
+from meshgate.api.responses import JSONBytesResponse, clip, encode_json, error_response, unexpected_error
 from meshgate.api.sse import EventStreamResponse
 from meshgate.errors import ClientDisconnected, InternalError, MeshError, ModelNotFound
 from meshgate.gateway.pipeline import Call
@@ -102,7 +102,7 @@ def _failure_event(call: Call) -> Callable[[Exception], bytes]:
 
     def failure(error: Exception) -> bytes:
         if isinstance(error, MeshError):
-            log.warning("stream %s failed: %s (%s)", call.request_id, error.message, error.kind)
+            log.warning("stream %s failed: %s (%s)", call.request_id, clip(error.message), error.kind)
             return b"data: " + encode_json(error.body()) + b"\n\n"
         # A bug: logged, never leaked into the stream.
         log.error("stream %s failed unexpectedly", call.request_id, exc_info=error)

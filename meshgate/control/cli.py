@@ -19,6 +19,7 @@ from meshgate.control.records import PERIODS, KeyRecord, Limits
 from meshgate.control.service import ControlService
 from meshgate.errors import ConfigError, MeshError
 from meshgate.observe.audit import AuditLog, Signer, export, verify
+from meshgate.observe.audit_anchor import default_anchor
 from meshgate.observe.usage_report import GROUPS, parse_since, usage_report
 from meshgate.settings import ServerSettings
 
@@ -113,7 +114,9 @@ def run_with_service(
         db = await connect(settings.resolved_database_url)
         try:
             await migrate(db)
-            audit = AuditLog(db, Signer.load(settings.data_dir))
+            audit = AuditLog(
+                db, Signer.load(settings.data_dir), default_anchor(settings.data_dir, settings.audit_anchor)
+            )
             return await work(ControlService(db, audit, actor="cli"))
         finally:
             await db.close()
@@ -267,7 +270,16 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
             return await usage_report(service.db, by, start)
 
         rows = run_with_service(load, config_path, store, report)
-        columns = [by, "requests", "prompt_tokens", "completion_tokens", "cost_usd", "errors", "avg_latency_ms"]
+        columns = [
+            by,
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost_usd",
+            "errors",
+            "refused",
+            "avg_latency_ms",
+        ]
         if fmt == "json":
             click.echo(json.dumps(rows, indent=2))
         elif fmt == "csv":

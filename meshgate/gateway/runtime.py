@@ -22,6 +22,7 @@ from meshgate.control.service import ControlService
 from meshgate.errors import StartupError
 from meshgate.gateway.pipeline import Pipeline, Step
 from meshgate.observe.audit import AuditEvent, AuditLog, AuditWriter, Signer
+from meshgate.observe.audit_anchor import default_anchor
 from meshgate.observe.counters import Counters
 from meshgate.observe.metrics import Metrics, RuntimeCollector
 from meshgate.observe.tracing import Tracing
@@ -79,7 +80,11 @@ class Runtime:
             log.info("database migrated: %s", ", ".join(applied))
         self.usage = BatchWriter(self.db, INSERT_USAGE, name="usage")
         await self.usage.start()
-        self.audit = AuditLog(self.db, Signer.load(self.settings.data_dir))
+        self.audit = AuditLog(
+            self.db,
+            Signer.load(self.settings.data_dir),
+            default_anchor(self.settings.data_dir, self.settings.audit_anchor),
+        )
         self.audit_writer = AuditWriter(self.audit)
         await self.audit_writer.start()
         self.control = ControlService(self.db, self.audit, actor="system")

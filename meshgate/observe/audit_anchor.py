@@ -76,9 +76,10 @@ class FileAnchor:
         return entries, unreadable
 
 
-def default_anchor(data_dir: Path | None) -> FileAnchor | None:
-    """`MESHGATE_AUDIT_ANCHOR` (a path, or `off`), else `<data dir>/audit-anchor.log`."""
-    configured = os.environ.get(ANCHOR_ENV, "").strip()
+def default_anchor(data_dir: Path | None, configured: str | None = None) -> FileAnchor | None:
+    """The `audit_anchor` setting (a path, or `off`; read from `MESHGATE_AUDIT_ANCHOR` when not
+    given), else `<data dir>/audit-anchor.log`."""
+    configured = (os.environ.get(ANCHOR_ENV, "") if configured is None else configured).strip()
     if configured.lower() in ("off", "none", "false", "0"):
         return None
     if configured:

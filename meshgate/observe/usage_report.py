@@ -1,7 +1,7 @@
 """Usage summaries: requests, tokens, cost and errors grouped by team, key, model or day.
 
-Calls refused before going upstream (budget, rate limit, grants, capabilities) count as requests and
-errors, with no tokens and $0: the cost is what was really spent."""
+Calls refused before going upstream (budget, rate limit, grants, capabilities) count as requests,
+errors and `refused`, with no tokens and $0: the cost is what was really spent."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ async def usage_report(db: Database, by: str = "team", since: float | None = Non
         "SUM(CASE WHEN refused = 0 THEN prompt_tokens ELSE 0 END) AS prompt_tokens, "
         "SUM(CASE WHEN refused = 0 THEN completion_tokens ELSE 0 END) AS completion_tokens, "
         "SUM(CASE WHEN refused = 0 THEN cost_usd ELSE 0 END) AS cost_usd, "
-        "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, AVG(latency_ms) AS avg_latency_ms "
+        "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, "
+        "SUM(CASE WHEN refused <> 0 THEN 1 ELSE 0 END) AS refused, AVG(latency_ms) AS avg_latency_ms "
         "FROM usage WHERE ts >= ? GROUP BY grp ORDER BY grp"
     )
     rows = await db.fetchall(sql, (since if since is not None else 0.0,))
@@ -56,6 +57,7 @@ async def usage_report(db: Database, by: str = "team", since: float | None = Non
             "completion_tokens": int(row["completion_tokens"] or 0),
             "cost_usd": round(float(row["cost_usd"] or 0), 6),
             "errors": int(row["errors"] or 0),
+            "refused": int(row["refused"] or 0),
             "avg_latency_ms": round(float(row["avg_latency_ms"] or 0), 1),
         }
         for row in rows

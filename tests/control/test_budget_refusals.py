@@ -66,7 +66,7 @@ async def test_a_raised_budget_admits_what_it_can_pay_for_after_a_restart(
         for row in refusals:  # nothing went upstream: $0, no tokens, recorded as refused
             assert (row["cost_usd"], row["prompt_tokens"], row["completion_tokens"], row["refused"]) == (0, 0, 0, 1)
         report = next(r for r in await usage_report(mesh.runtime.db, "team") if r["team"] == "frugal")
-        assert report["requests"] == 5 and report["errors"] == 4
+        assert report["requests"] == 5 and report["errors"] == 4 and report["refused"] == 4
         assert report["cost_usd"] == round(served["cost_usd"], 6)
         assert report["prompt_tokens"] == served["prompt_tokens"]
 

@@ -302,6 +302,7 @@ async def test_usage_report_groups_on_every_backend(db: Database) -> None:
         ("b", 1, 1.0, 0),
     ]
     assert by_team[0]["prompt_tokens"] == 13 and by_team[0]["completion_tokens"] == 5
+    assert by_team[0]["refused"] == 0  # an upstream's 502 went upstream: an error, not a refusal
     by_day = await usage_report(db, "day")
     assert [(r["day"], r["requests"]) for r in by_day] == [("2023-11-15", 2), ("2023-11-16", 1)]
     assert [r["model"] for r in await usage_report(db, "model")] == ["m1", "m2"]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from meshgate.api.responses import error_response
+from meshgate.api.responses import clip, error_response
 from meshgate.control.policy import Policy, UnknownKey
 from meshgate.errors import MeshError
 from meshgate.observe.counters import Counters
@@ -56,7 +56,7 @@ class AuthMiddleware:
                 policy.authorize(principal, *grant)
         except MeshError as error:
             self.counters.error(error.status, error.kind)
-            log.info("%s %s -> %d %s", scope["method"], scope["path"], error.status, error.kind)
+            log.info("%s %s -> %d %s", scope["method"], clip(scope["path"]), error.status, error.kind)
             await error_response(error, state.get("request_id", ""))(scope, receive, send)
             return
         state["principal"] = principal
