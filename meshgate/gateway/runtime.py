@@ -19,7 +19,7 @@ from meshgate.control.oidc import OidcVerifier
 from meshgate.control.policy import KeyStore, Policy
 from meshgate.control.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from meshgate.control.service import ControlService
-from meshgate.errors import StartupError
+from meshgate.errors import ConfigError, StartupError
 from meshgate.gateway.pipeline import Pipeline, Step
 from meshgate.observe.audit import AuditEvent, AuditLog, AuditWriter, Signer
 from meshgate.observe.audit_anchor import default_anchor
@@ -80,11 +80,11 @@ class Runtime:
             log.info("database migrated: %s", ", ".join(applied))
         self.usage = BatchWriter(self.db, INSERT_USAGE, name="usage")
         await self.usage.start()
-        self.audit = AuditLog(
-            self.db,
-            Signer.load(self.settings.data_dir),
-            default_anchor(self.settings.data_dir, self.settings.audit_anchor),
-        )
+        try:
+            anchor = default_anchor(self.settings.data_dir, self.settings.audit_anchor)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        self.audit = AuditLog(self.db, Signer.load(self.settings.data_dir), anchor)
         self.audit_writer = AuditWriter(self.audit)
         await self.audit_writer.start()
         self.control = ControlService(self.db, self.audit, actor="system")

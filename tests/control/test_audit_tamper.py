@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from meshgate.cli import cli
@@ -292,3 +293,31 @@ def test_cli_compares_with_a_remote_anchor_copy(tmp_path: Path) -> None:
     unanchored = runner.invoke(cli, ["audit", "verify", *data])
     assert unanchored.exit_code == 0 and "not in any anchor" in unanchored.output
     _fails_at(runner, data, 4, "remote-anchor.jsonl", "--anchor", str(remote))
+
+
+def test_syslog_anchor_sends_each_checkpoint_as_one_datagram() -> None:
+    import json as json_module
+    import socket
+
+    from meshgate.errors import ConfigError
+    from meshgate.observe.audit_anchor import SyslogAnchor, parse_anchor
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(5)
+        port = server.getsockname()[1]
+        anchor = parse_anchor(f"syslog://127.0.0.1:{port}", None)
+        assert isinstance(anchor, SyslogAnchor) and not anchor.readable
+        anchor.write({"seq": 7, "head": "ab", "signature": "cd"})
+        datagram = server.recv(65536).decode()
+    # <PRI>: facility AUTHPRIV (10) * 8 + severity INFO (6) = 86
+    assert datagram.startswith("<86>meshgate-audit: ")
+    assert json_module.loads(datagram.split("meshgate-audit: ", 1)[1].rstrip("\x00")) == {
+        "seq": 7,
+        "head": "ab",
+        "signature": "cd",
+    }
+    assert anchor.read() == ([], 0)
+    with pytest.raises(ConfigError, match="is not syslog://host:port"):
+        parse_anchor("syslog://nohost", None)
+    assert parse_anchor("off", None) is None
