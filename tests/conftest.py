@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,23 @@ async def proxy_client(tmp_path_factory: pytest.TempPathFactory, fake_upstream: 
     yield client
     await client.http.aclose()
     await runtime.stop()
+
+
+@contextlib.contextmanager
+def served_in_thread(runtime: Runtime) -> Iterator[str]:
+    """The app served by uvicorn on an event loop in a thread of its own, for callers that block
+    (schemathesis as a subprocess, synchronous hypothesis tests); yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(build_app(runtime), host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    while not server.started:
+        threading.Event().wait(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def free_port() -> int:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from meshgate.app import build_app
 from meshgate.testing.fake_openai import FakeOpenAI
-from tests.conftest import free_port, make_runtime, upstream_models_yaml
+from tests.conftest import make_runtime, served_in_thread, upstream_models_yaml
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +18,8 @@ def served_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app (upstream models only, so fuzzing is fast) served by uvicorn in a thread."""
     with FakeOpenAI(required_key="sk-upstream-test-key") as fake:
         runtime = make_runtime(Path(tmp_path_factory.mktemp("fuzz")), upstream_models_yaml(fake.base_url), auth=False)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(build_app(runtime), host="127.0.0.1", port=port, log_level="error"))
-        thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-        thread.start()
-        while not server.started:
-            threading.Event().wait(0.05)
-        yield f"http://127.0.0.1:{port}"
-        server.should_exit = True
-        thread.join(10)
+        with served_in_thread(runtime) as url:
+            yield url
 
 
 def test_no_input_makes_a_server_error(served_app: str) -> None:

@@ -4,23 +4,18 @@ field added later is fuzzed too."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshgate.app import build_app
 from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest
 from meshgate.testing.fake_openai import FakeOpenAI
-from tests.conftest import UPSTREAM_KEY, free_port, make_runtime, upstream_models_yaml
+from tests.conftest import UPSTREAM_KEY, make_runtime, served_in_thread, upstream_models_yaml
 
 JSON = st.recursive(
     st.none()
@@ -37,25 +32,13 @@ EMBED_FIELDS = sorted(f.name for f in msgspec.structs.fields(EmbeddingRequest) i
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[httpx.Client]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """The app (upstream models only) served by uvicorn in a thread of its own, so that a plain
     synchronous hypothesis test can call it."""
     with FakeOpenAI(required_key=UPSTREAM_KEY) as fake:
-        import tempfile
-
-        runtime = make_runtime(
-            Path(tempfile.mkdtemp(prefix="fuzz-fields-")), upstream_models_yaml(fake.base_url), auth=False
-        )
-        port = free_port()
-        uv = uvicorn.Server(uvicorn.Config(build_app(runtime), host="127.0.0.1", port=port, log_level="critical"))
-        thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
-        thread.start()
-        while not uv.started:
-            threading.Event().wait(0.05)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        runtime = make_runtime(tmp_path_factory.mktemp("fuzz-fields"), upstream_models_yaml(fake.base_url), auth=False)
+        with served_in_thread(runtime) as url, httpx.Client(base_url=url, timeout=30) as client:
             yield client
-        uv.should_exit = True
-        thread.join(10)
 
 
 def check(response: httpx.Response) -> None:
