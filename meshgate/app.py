@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from meshgate.api import admin, health, openai, openapi
+from meshgate.api import admin, anthropic, completions, health, openai, openapi, responses_api
 from meshgate.api.auth import AuthMiddleware
 from meshgate.api.responses import clip, error_response, unexpected_error
 from meshgate.api.sse import RAW_SEND
@@ -179,7 +179,16 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> _MeshApp:
                 await runtime.stop()
 
     app = _MeshApp(
-        routes=[*openai.ROUTES, *admin.ROUTES, *metrics.ROUTES, *health.ROUTES, *openapi.ROUTES],
+        routes=[
+            *openai.ROUTES,
+            *responses_api.ROUTES,
+            *completions.ROUTES,
+            *anthropic.ROUTES,
+            *admin.ROUTES,
+            *metrics.ROUTES,
+            *health.ROUTES,
+            *openapi.ROUTES,
+        ],
         exception_handlers={MeshError: on_mesh_error, HTTPException: on_http_error},
         lifespan=lifespan,
     )

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Literal, NotRequired, Required, Union, get_args, get_origin, get_type_hints
 
+import httpx
 import msgspec
 import msgspec.inspect as mi
 import openai
@@ -547,9 +548,19 @@ async def test_langchain_chat_and_embeddings(
     """docs/clients.md's LangChain settings, end to end (offline: no tiktoken download)."""
     langchain_openai = pytest.importorskip("langchain_openai")
     key = proxy_client.key or "unused"
-    chat = langchain_openai.ChatOpenAI(model="bench", base_url=proxy_url + "/v1", api_key=key, max_retries=0)
+    # Our own HTTP client: LangChain's default one is cached per base URL and shared by every
+    # ChatOpenAI of the process, so closing it would break the next test that uses LangChain.
+    http = httpx.AsyncClient(timeout=30)
+    chat = langchain_openai.ChatOpenAI(
+        model="bench", base_url=proxy_url + "/v1", api_key=key, max_retries=0, http_async_client=http
+    )
     embeddings = langchain_openai.OpenAIEmbeddings(
-        model="remote-embed", base_url=proxy_url + "/v1", api_key=key, check_embedding_ctx_length=False, max_retries=0
+        model="remote-embed",
+        base_url=proxy_url + "/v1",
+        api_key=key,
+        check_embedding_ctx_length=False,
+        max_retries=0,
+        http_async_client=http,
     )
     try:
         answer = await chat.ainvoke("hello there")
@@ -564,6 +575,4 @@ async def test_langchain_chat_and_embeddings(
         assert fake_upstream.requests[-1].body["input"] == ["a cat", "a dog"]  # texts, not tiktoken ids
         assert len(await embeddings.aembed_query("a cat")) == 8
     finally:
-        # LangChain keeps its HTTP clients (cached per base URL) open; this base URL dies with the session.
-        await chat.root_async_client.close()
-        await embeddings.async_client._client.close()
+        await http.aclose()

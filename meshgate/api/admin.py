@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from meshgate.api.bodies import decode_request
+from meshgate.api.calls import runtime_of
 from meshgate.api.responses import JSONBytesResponse
 from meshgate.control.records import Limits
 from meshgate.control.service import ControlService
@@ -18,7 +19,7 @@ from meshgate.errors import InvalidRequest
 from meshgate.observe.usage_report import parse_since, usage_report
 
 if TYPE_CHECKING:
-    from meshgate.gateway.runtime import Runtime
+    pass
 
 Count = Annotated[int, Meta(ge=1)]
 Money = Annotated[float, Meta(ge=0)]
@@ -55,14 +56,9 @@ class KeyCreate(Struct, forbid_unknown_fields=True):
     expires_at: float | None = None
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
 def _service(request: Request) -> ControlService:
     """The control service, acting as the calling key (for the audit log)."""
-    service = _runtime(request).control
+    service = runtime_of(request).control
     assert service is not None
     principal = getattr(request.state, "principal", None)
     return service.acting_as(principal.key_id if principal is not None else "anonymous")
@@ -71,13 +67,13 @@ def _service(request: Request) -> ControlService:
 async def _changed(request: Request) -> None:
     """This server sees its own change at once; other replicas see a new key on its first use and
     other changes within a second."""
-    keys = _runtime(request).keys
+    keys = runtime_of(request).keys
     if keys is not None:
         await keys.reload()
 
 
 def _limit(request: Request) -> int:
-    return _runtime(request).settings.max_body_bytes
+    return runtime_of(request).settings.max_body_bytes
 
 
 async def list_teams(request: Request) -> Response:
@@ -140,7 +136,7 @@ async def rotate_key(request: Request) -> Response:
 
 async def usage(request: Request) -> Response:
     """GET /admin/usage?by=team|key|model|day&since=7d"""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     assert runtime.db is not None and runtime.usage is not None
     try:
         since = parse_since(request.query_params.get("since"))

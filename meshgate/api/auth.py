@@ -12,14 +12,18 @@ import logging
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from meshgate.api.responses import clip, error_response
+from meshgate.api.anthropic_translate import error_body as anthropic_error_body
+from meshgate.api.responses import JSONBytesResponse, clip, error_response
 from meshgate.control.policy import Policy, UnknownKey
 from meshgate.errors import MeshError
 from meshgate.observe.counters import Counters
 
 log = logging.getLogger("meshgate.control")
+
+ANTHROPIC_PREFIX = "/v1/messages"
 
 PUBLIC = ("/healthz", "/readyz", "/openapi.json")
 
@@ -40,6 +44,15 @@ class AuthMiddleware:
         self.policy = policy
         self.counters = counters
 
+    @staticmethod
+    def _refusal(path: str, error: MeshError, request_id: str) -> Response:
+        """The refusal in the schema of the API that was called: Anthropic's for /v1/messages (its
+        SDK reads `error.type`), OpenAI's everywhere else."""
+        if path.startswith(ANTHROPIC_PREFIX):
+            status, body = anthropic_error_body(error)
+            return JSONBytesResponse(body, status_code=status, headers=error.headers())
+        return error_response(error, request_id)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC:
             await self.app(scope, receive, send)
@@ -57,7 +70,7 @@ class AuthMiddleware:
         except MeshError as error:
             self.counters.error(error.status, error.kind)
             log.info("%s %s -> %d %s", scope["method"], clip(scope["path"]), error.status, error.kind)
-            await error_response(error, state.get("request_id", ""))(scope, receive, send)
+            await self._refusal(scope["path"], error, state.get("request_id", ""))(scope, receive, send)
             return
         state["principal"] = principal
         await self.app(scope, receive, send)

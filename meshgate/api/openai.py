@@ -6,11 +6,9 @@ they are pipeline steps.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -19,10 +17,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from meshgate.api.bodies import decode_request
-from meshgate.api.responses import JSONBytesResponse, clip, encode_json, error_response, unexpected_error
+from meshgate.api.calls import DONE, failure_event, new_call, runtime_of, unless_disconnected
+from meshgate.api.responses import JSONBytesResponse, encode_json, error_response, unexpected_error
 from meshgate.api.sse import EventStreamResponse
-from meshgate.errors import ClientDisconnected, InternalError, MeshError, ModelNotFound
-from meshgate.gateway.pipeline import Call
+from meshgate.errors import ModelNotFound
 from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
@@ -30,56 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshgate.api")
 T = TypeVar("T")
-
-DONE = b"data: [DONE]\n\n"
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-def _new_call(request: Request, endpoint: str, body: ChatCompletionRequest | EmbeddingRequest) -> Call:
-    return Call(
-        endpoint=endpoint,
-        request=body,
-        headers=request.headers,
-        request_id=request.state.request_id,
-        principal=getattr(request.state, "principal", None),
-    )
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it if the client hangs up first (a local model then stops generating)."""
-    task = asyncio.ensure_future(work)
-    hung_up = False
-
-    async def watch() -> None:
-        nonlocal hung_up
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                hung_up = True
-                task.cancel()
-                return
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if hung_up and not _cancelling():
-            raise ClientDisconnected() from None
-        raise
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-
-
-def _cancelling() -> bool:
-    """Whether this task itself is being cancelled (server shutdown), not just the work it awaited."""
-    current = asyncio.current_task()
-    return current is not None and current.cancelling() > 0
 
 
 def _chunk_encoder(include_usage: bool) -> Callable[[dict[str, Any]], bytes | None]:
@@ -97,26 +45,12 @@ def _chunk_encoder(include_usage: bool) -> Callable[[dict[str, Any]], bytes | No
     return encode
 
 
-def _failure_event(call: Call) -> Callable[[Exception], bytes]:
-    """A failure after the first event becomes a last event in OpenAI's error schema."""
-
-    def failure(error: Exception) -> bytes:
-        if isinstance(error, MeshError):
-            log.warning("stream %s failed: %s (%s)", call.request_id, clip(error.message), error.kind)
-            return b"data: " + encode_json(error.body()) + b"\n\n"
-        # A bug: logged, never leaked into the stream.
-        log.error("stream %s failed unexpectedly", call.request_id, exc_info=error)
-        return b"data: " + encode_json(InternalError(call.request_id).body()) + b"\n\n"
-
-    return failure
-
-
 async def chat_completions(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     body = await decode_request(request, ChatCompletionRequest, runtime.settings.max_body_bytes)
-    call = _new_call(request, "chat.completions", body)
+    call = new_call(request, "chat.completions", body)
     if not body.stream:
-        result = await _unless_disconnected(request, runtime.pipeline.complete(call))
+        result = await unless_disconnected(request, runtime.pipeline.complete(call))
         return JSONBytesResponse(result, headers=call.response_headers)
     # The response starts only once the first chunk is there, so that failures before any output
     # (unknown model, refused parameter, upstream down) are proper HTTP errors. The headers are
@@ -124,7 +58,7 @@ async def chat_completions(request: Request) -> Response:
     return EventStreamResponse(  # type: ignore[return-value]
         lambda writer: runtime.pipeline.stream(call, writer),
         _chunk_encoder(body.wants_usage_chunk),
-        _failure_event(call),
+        failure_event(call),
         DONE,
         headers=call.response_headers,
     )
@@ -137,10 +71,10 @@ def _encode_vector(vector: list[float], encoding: str | None) -> list[float] | s
 
 
 async def embeddings(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     body = await decode_request(request, EmbeddingRequest, runtime.settings.max_body_bytes)
-    call = _new_call(request, "embeddings", body)
-    result = await _unless_disconnected(request, runtime.pipeline.embed(call, body.inputs()))
+    call = new_call(request, "embeddings", body)
+    result = await unless_disconnected(request, runtime.pipeline.embed(call, body.inputs()))
     return JSONBytesResponse(
         {
             "object": "list",
@@ -183,12 +117,12 @@ def _model_card(runtime: Runtime, name: str) -> dict[str, Any]:
 
 
 async def list_models(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return JSONBytesResponse({"object": "list", "data": [_model_card(runtime, n) for n in runtime.models]})
 
 
 async def get_model(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     name = request.path_params["model"]
     if name not in runtime.models:
         raise ModelNotFound(name)

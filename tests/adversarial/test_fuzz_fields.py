@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshgate.api.anthropic_translate import MessagesRequest
+from meshgate.api.responses_api import ResponsesRequest
 from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest
 from meshgate.testing.fake_openai import FakeOpenAI
 from tests.conftest import UPSTREAM_KEY, make_runtime, served_in_thread, upstream_models_yaml
@@ -29,6 +31,8 @@ JSON = st.recursive(
 
 CHAT_FIELDS = sorted(f.name for f in msgspec.structs.fields(ChatCompletionRequest) if f.name != "model")
 EMBED_FIELDS = sorted(f.name for f in msgspec.structs.fields(EmbeddingRequest) if f.name != "model")
+MESSAGES_FIELDS = sorted(f.name for f in msgspec.structs.fields(MessagesRequest) if f.name != "model")
+RESPONSES_FIELDS = sorted(f.name for f in msgspec.structs.fields(ResponsesRequest) if f.name != "model")
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +70,20 @@ def test_any_value_in_any_embeddings_field(server: httpx.Client, name: str, valu
 @given(message=st.dictionaries(st.sampled_from(["role", "content", "name", "tool_calls", "tool_call_id"]), JSON))
 def test_any_message_shape(server: httpx.Client, message: dict[str, Any]) -> None:
     check(server.post("/v1/chat/completions", json={"model": "bench", "messages": [message]}))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(MESSAGES_FIELDS), value=JSON)
+def test_any_value_in_any_anthropic_messages_field(server: httpx.Client, name: str, value: Any) -> None:
+    body: dict[str, Any] = {"model": "bench", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    response = server.post("/v1/messages", json={**body, name: value})
+    assert response.status_code < 500, response.text[:500]
+    if response.status_code >= 400:
+        error = response.json()
+        assert error["type"] == "error" and set(error["error"]) == {"type", "message"}, error
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(RESPONSES_FIELDS), value=JSON)
+def test_any_value_in_any_responses_field(server: httpx.Client, name: str, value: Any) -> None:
+    check(server.post("/v1/responses", json={"model": "bench", "input": "hi", name: value}))

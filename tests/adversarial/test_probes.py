@@ -20,6 +20,9 @@ from tests.conftest import AppClient
 
 CHAT = "/v1/chat/completions"
 EMBED = "/v1/embeddings"
+MESSAGES = "/v1/messages"
+RESPONSES = "/v1/responses"
+COMPLETIONS = "/v1/completions"
 HELLO = [{"role": "user", "content": "hi"}]
 
 
@@ -33,6 +36,8 @@ class Probe:
     headers: dict[str, str] = field(default_factory=dict)
     #: The error's `param`, where the probe aims at one field.
     param: str | None = None
+    #: Whose error schema the answer is in: the API the probe called.
+    schema: str = "openai"
 
 
 def chat(**fields: object) -> bytes:
@@ -63,6 +68,46 @@ PROBES = [
     Probe("path traversal", "/v1/../admin/keys", None, (401, 403, 404), method="GET"),
     Probe("unknown route", "/v1/wizard", chat(), (404,)),
     Probe("2 MB header", "/v1/models", None, (431,), method="GET", headers={"x-junk": "j" * 2_000_000}),
+    Probe(
+        "messages: malformed JSON", MESSAGES, b'{"model": "bench", "max_tokens": 5, "messages": [', schema="anthropic"
+    ),
+    Probe(
+        "messages: no max_tokens",
+        MESSAGES,
+        json.dumps({"model": "bench", "messages": HELLO}).encode(),
+        schema="anthropic",
+    ),
+    Probe(
+        "messages: huge max_tokens",
+        MESSAGES,
+        json.dumps({"model": "bench", "max_tokens": 10**30, "messages": HELLO}).encode(),
+        schema="anthropic",
+    ),
+    Probe(
+        "messages: unknown model",
+        MESSAGES,
+        json.dumps({"model": "m" * 60_000, "max_tokens": 5, "messages": HELLO}).encode(),
+        (404,),
+        schema="anthropic",
+    ),
+    Probe("responses: malformed JSON", RESPONSES, b'{"model": "bench", "input": ['),
+    Probe(
+        "responses: huge max_output_tokens",
+        RESPONSES,
+        json.dumps({"model": "bench", "input": "hi", "max_output_tokens": 2**70}).encode(),
+    ),
+    Probe(
+        "responses: foreign previous_response_id",
+        RESPONSES,
+        json.dumps({"model": "bench", "input": "hi", "previous_response_id": "resp_x"}).encode(),
+        (404,),
+    ),
+    Probe(
+        "completions: two prompts",
+        COMPLETIONS,
+        json.dumps({"model": "bench", "prompt": ["a", "b"]}).encode(),
+        param="prompt",
+    ),
 ]
 
 
@@ -81,8 +126,13 @@ async def attacker(proxy_url: str, proxy_client: AppClient) -> AsyncIterator[htt
         yield client
 
 
-def assert_error_schema(response: httpx.Response) -> dict:
+def assert_error_schema(response: httpx.Response, schema: str = "openai") -> dict:
     body = response.json()
+    if schema == "anthropic":
+        assert set(body) == {"type", "error"} and body["type"] == "error", body
+        assert set(body["error"]) == {"type", "message"}, body
+        assert 0 < len(body["error"]["message"]) <= 2000
+        return {"param": None, **body["error"]}
     assert set(body) == {"error"}, body
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}, error
@@ -96,7 +146,7 @@ async def test_probe_gets_a_precise_error(attacker: httpx.AsyncClient, probe: Pr
     started = time.monotonic()
     response = await attacker.request(probe.method, probe.path, content=probe.body, headers=headers)
     assert response.status_code in probe.statuses, (response.status_code, response.text[:500])
-    error = assert_error_schema(response)
+    error = assert_error_schema(response, probe.schema)
     if probe.param is not None:
         assert error["param"] == probe.param, error
     assert response.headers["x-request-id"].startswith("req_")
