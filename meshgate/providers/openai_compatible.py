@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 import msgspec
@@ -101,6 +101,18 @@ class OpenAICompatibleConfig(ModelConfig):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    # Hooks for provider types that speak OpenAI's API with another URL scheme or credential.
+
+    def request_path(self, path: str) -> str:
+        """What follows `base_url` in the request for an API `path` such as "/chat/completions"."""
+        return path
+
+    def auth_headers(self) -> dict[str, str]:
+        """The credential headers; they win over configured `headers` of the same name."""
+        if self.api_key is None:
+            return {}
+        return {"authorization": f"Bearer {self.api_key.get_secret_value()}"}
+
 
 def _profile(config: OpenAICompatibleConfig) -> CapabilityProfile:
     caps = config.capabilities
@@ -137,10 +149,10 @@ class _Upstream:
         self.total_timeout = config.timeout or context.request_timeout
         self.session: aiohttp.ClientSession | None = None
         self.headers = {"content-type": "application/json", **config.headers}
-        if config.api_key is not None:
-            # The key wins over a configured header of the same name, whatever its case.
-            self.headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
-            self.headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+        auth = config.auth_headers()
+        # The key wins over a configured header of the same name, whatever its case.
+        self.headers = {k: v for k, v in self.headers.items() if k.lower() not in auth}
+        self.headers.update(auth)
         #: Streams go through their own callback-driven client (meshgate/providers/stream_client.py).
         self.streams = StreamPool(
             config.base_url,
@@ -222,7 +234,7 @@ class _Upstream:
     ) -> aiohttp.ClientResponse:
         """Send the request; one retry when a reused connection turns out to be closed."""
         assert self.session is not None, "start() first"
-        url, body = self.config.base_url + path, _json_encode(payload)
+        url, body = self.config.base_url + self.config.request_path(path), _json_encode(payload)
         options: dict[str, Any] = {"data": body, "headers": self.headers}
         if timeouts is not None:
             options["timeout"] = timeouts
@@ -257,11 +269,13 @@ class _UpstreamModel(Model):
     """What the chat and embedding adapters share: the profile, the pool and its lifecycle."""
 
     provider = "openai-compatible"
+    #: The HTTP side; a provider type with its own error bodies subclasses it.
+    upstream_class: ClassVar[type[_Upstream]] = _Upstream
     config: OpenAICompatibleConfig
 
     def __init__(self, config: OpenAICompatibleConfig, context: ProviderContext) -> None:
         super().__init__(config, _profile(config))
-        self.upstream = _Upstream(config, context)
+        self.upstream = self.upstream_class(config, context)
 
     async def start(self) -> None:
         await self.upstream.start()
@@ -274,6 +288,9 @@ class _UpstreamModel(Model):
 
 
 class OpenAICompatibleChat(_UpstreamModel, ChatModel):
+    #: Decodes the upstream's SSE into chunks; a provider with its own event quirks swaps it.
+    event_stream_class: type[UpstreamEventStream] = UpstreamEventStream
+
     def _payload(self, request: ChatCompletionRequest, stream: bool) -> dict[str, Any]:
         payload = to_wire(request)
         payload["model"] = self.config.model
@@ -298,9 +315,11 @@ class OpenAICompatibleChat(_UpstreamModel, ChatModel):
 
     def stream(self, request: ChatCompletionRequest, call: CallContext) -> AsyncIterator[dict[str, Any]]:
         upstream = self.upstream
-        return UpstreamEventStream(
+        return self.event_stream_class(
             upstream.streams,
-            upstream.streams.request("/chat/completions", _json_encode(self._payload(request, stream=True))),
+            upstream.streams.request(
+                self.config.request_path("/chat/completions"), _json_encode(self._payload(request, stream=True))
+            ),
             name=self.name,
             provider=self.provider,
             model=self.name,
@@ -311,11 +330,14 @@ class OpenAICompatibleChat(_UpstreamModel, ChatModel):
 
 
 class OpenAICompatibleEmbedding(_UpstreamModel, EmbeddingModel):
-    async def embed(self, texts: EmbeddingInput, call: CallContext, dimensions: int | None = None) -> Embeddings:
+    def _embedding_payload(self, texts: EmbeddingInput, dimensions: int | None) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": self.config.model, "input": texts, "encoding_format": "float"}
         if dimensions is not None:
             payload["dimensions"] = dimensions
-        result = await self.upstream.post_json("/embeddings", payload)
+        return payload
+
+    async def embed(self, texts: EmbeddingInput, call: CallContext, dimensions: int | None = None) -> Embeddings:
+        result = await self.upstream.post_json("/embeddings", self._embedding_payload(texts, dimensions))
         try:
             rows = sorted(result["data"], key=lambda row: row["index"])
             vectors = [row["embedding"] for row in rows]
