@@ -16,13 +16,15 @@ if TYPE_CHECKING:
 @hookimpl
 def register_providers(register: Callable[[ProviderType], None]) -> None:
     # Imported here so that `meshgate --help` does not load llama.cpp or onnxruntime.
-    from meshgate.providers import anthropic, azure_openai, mistral, openai_compatible
+    from meshgate.providers import anthropic, azure_openai, cohere, gemini, mistral, openai_compatible
     from meshgate.providers.local import chat, embedding
 
     register(openai_compatible.PROVIDER)
     register(anthropic.PROVIDER)
     register(azure_openai.PROVIDER)
     register(mistral.PROVIDER)
+    register(gemini.PROVIDER)
+    register(cohere.PROVIDER)
     register(chat.PROVIDER)
     register(embedding.PROVIDER)
 
