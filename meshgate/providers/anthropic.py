@@ -11,16 +11,15 @@ a timeout is 504. An `error` event mid-stream ends the stream with the same type
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import json
-import math
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, Literal
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from meshgate.errors import (
     InvalidRequest,
@@ -51,13 +50,12 @@ from meshgate.providers.base import (
     CapabilityProfile,
     ChatModel,
     Model,
-    ModelConfig,
     ProviderContext,
     ProviderType,
-    chunk_dict,
     new_completion_id,
     usage_dict,
 )
+from meshgate.providers.http_json import ChunkTranslator, HttpUpstreamConfig, JsonUpstream, retry_after
 
 API_VERSION = "2023-06-01"
 
@@ -84,7 +82,7 @@ class AnthropicCapabilities(BaseModel):
     max_output_tokens: int | None = Field(None, ge=1)
 
 
-class AnthropicConfig(ModelConfig):
+class AnthropicConfig(HttpUpstreamConfig):
     provider: Literal["anthropic"]
     model: str = Field(min_length=1, description="Anthropic's name for the model, e.g. claude-sonnet-4-5.")
     api_key: SecretStr = Field(description="An environment variable reference, e.g. ${ANTHROPIC_API_KEY}.")
@@ -97,13 +95,6 @@ class AnthropicConfig(ModelConfig):
     )
     max_connections: int = Field(1024, ge=1, description="Most connections open to the upstream at once.")
     capabilities: AnthropicCapabilities = AnthropicCapabilities()
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
 
 def _profile(config: AnthropicConfig) -> CapabilityProfile:
@@ -351,22 +342,13 @@ def from_anthropic(message: dict[str, Any], model: str) -> dict[str, Any]:
 # -- errors ----------------------------------------------------------------------------------------
 
 
-def _retry_after(headers: Any) -> int:
-    value = headers.get("retry-after") if headers is not None else None
-    try:
-        seconds = float(value) if value is not None else 1.0
-    except ValueError:
-        return 1
-    return max(1, math.ceil(seconds)) if math.isfinite(seconds) else 1
-
-
 def map_error(name: str, status: int | None, kind: str, message: str, headers: Any = None) -> MeshError:
     """The typed error for an Anthropic error `type` (or, when it is unknown, the HTTP status)."""
     detail = f": {message}" if message else ""
     if kind == "rate_limit_error" or (not kind and status == 429):
-        return RateLimited(f"The upstream of `{name}` is rate limiting{detail}", retry_after=_retry_after(headers))
+        return RateLimited(f"The upstream of `{name}` is rate limiting{detail}", retry_after=retry_after(headers))
     if kind == "overloaded_error" or (not kind and status == 529):
-        return Overloaded(f"The upstream of `{name}` is overloaded{detail}", retry_after=_retry_after(headers))
+        return Overloaded(f"The upstream of `{name}` is overloaded{detail}", retry_after=retry_after(headers))
     if kind in ("invalid_request_error", "request_too_large") or (not kind and status in (400, 413)):
         return InvalidRequest(f"The upstream of `{name}` rejected the request{detail}")
     if kind in ("authentication_error", "permission_error") or (not kind and status in (401, 403)):
@@ -397,47 +379,18 @@ def _error_fields(data: Any) -> tuple[str, str]:
 # -- the model -------------------------------------------------------------------------------------
 
 
-class AnthropicChat(ChatModel):
+class AnthropicChat(JsonUpstream, ChatModel):
     provider = "anthropic"
     config: AnthropicConfig
 
     def __init__(self, config: AnthropicConfig, context: ProviderContext) -> None:
-        super().__init__(config, _profile(config))
-        self.total_timeout = config.timeout or context.request_timeout
+        super().__init__(config, _profile(config), context)
         self.url = config.base_url + "/v1/messages"
         self.headers = {
             "content-type": "application/json",
             "x-api-key": config.api_key.get_secret_value(),
             "anthropic-version": API_VERSION,
         }
-        self.session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.config.max_connections, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(
-                total=self.total_timeout, sock_connect=self.config.connect_timeout, sock_read=self.config.read_timeout
-            ),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-
-    async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-
-    def describe(self) -> dict[str, Any]:
-        return {"upstream_model": self.config.model}
-
-    def _transport_error(self, exc: BaseException) -> MeshError:
-        if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-            return UpstreamTimeout(f"The upstream of `{self.name}` did not answer in time", provider=self.provider)
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamError(
-                f"The upstream of `{self.name}` is unreachable at {self.config.base_url}", provider=self.provider
-            )
-        return UpstreamError(
-            f"The connection to the upstream of `{self.name}` failed: {type(exc).__name__}", provider=self.provider
-        )
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> MeshError:
         body = await response.read()
@@ -448,17 +401,7 @@ class AnthropicChat(ChatModel):
         return map_error(self.name, response.status, kind, message, response.headers)
 
     async def complete(self, request: ChatCompletionRequest, call: CallContext) -> dict[str, Any]:
-        assert self.session is not None, "start() first"
-        payload = to_anthropic(request, self.config, stream=False)
-        try:
-            async with self.session.post(self.url, json=payload, headers=self.headers) as response:
-                if response.status >= 400:
-                    raise await self._status_error(response)
-                body = await response.read()
-        except MeshError:
-            raise
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc) from None
+        body = await self.post_json(self.url, to_anthropic(request, self.config, stream=False))
         try:
             message = json.loads(body)
             result = from_anthropic(message, self.name)
@@ -471,59 +414,30 @@ class AnthropicChat(ChatModel):
         return result
 
     async def stream(self, request: ChatCompletionRequest, call: CallContext) -> AsyncIterator[dict[str, Any]]:
-        assert self.session is not None, "start() first"
         payload = to_anthropic(request, self.config, stream=True)
-        try:
-            async with self.session.post(self.url, json=payload, headers=self.headers) as response:
-                if response.status >= 400:
-                    raise await self._status_error(response)
-                translator = _StreamTranslator(self.name, call)
-                event = ""
-                data: list[str] = []
-                async for raw in response.content:
-                    line = raw.decode("utf-8").rstrip("\r\n")
-                    if line:
-                        field, _, value = line.partition(":")
-                        value = value[1:] if value.startswith(" ") else value
-                        if field == "event":
-                            event = value
-                        elif field == "data":
-                            data.append(value)
-                        continue
-                    if not data:
-                        event = ""
-                        continue
-                    for chunk in translator.feed(event, "\n".join(data)):
-                        yield chunk
-                    event, data = "", []
-                    if translator.done:
-                        return
-        except MeshError:
-            raise
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc) from None
+        translator = _StreamTranslator(self.name, call)
+        async with aclosing(self.sse_events(self.url, payload, last_unended=False)) as events:
+            async for event, data in events:
+                for chunk in translator.feed(event, data):
+                    yield chunk
+                if translator.done:
+                    return
         raise UpstreamError(
             f"The upstream of `{self.name}` ended the stream before message_stop", provider=self.provider
         )
 
 
-class _StreamTranslator:
+class _StreamTranslator(ChunkTranslator):
     """Anthropic stream events in, OpenAI chunks out."""
 
     def __init__(self, name: str, call: CallContext) -> None:
-        self.name = name
-        self.call = call
-        self.id = new_completion_id()
-        self.created = int(time.time())
+        super().__init__(name, call)
         self.done = False
         self.stop_reason: Any = None
         #: Anthropic content block index -> [OpenAI tool call index, whether arguments arrived].
         self.tools: dict[int, list[Any]] = {}
         self.prompt_tokens = 0
         self.completion_tokens = 0
-
-    def _chunk(self, delta: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-        return chunk_dict(self.id, self.name, self.created, delta, **extra)
 
     def feed(self, event: str, raw: str) -> list[dict[str, Any]]:
         try:

@@ -13,15 +13,14 @@ server errors) is a 502. A finish reason of ERROR fails the call the same way, m
 
 from __future__ import annotations
 
-import asyncio
 import json
-import math
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, Literal
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from meshgate.errors import (
     InvalidRequest,
@@ -52,13 +51,12 @@ from meshgate.providers.base import (
     EmbeddingModel,
     Embeddings,
     Model,
-    ModelConfig,
     ProviderContext,
     ProviderType,
-    chunk_dict,
     new_completion_id,
     usage_dict,
 )
+from meshgate.providers.http_json import ChunkTranslator, HttpUpstreamConfig, JsonUpstream, retry_after
 
 PROVIDER_NAME = "cohere"
 
@@ -85,7 +83,7 @@ class CohereCapabilities(BaseModel):
     embedding_dimensions: int | None = Field(None, ge=1)
 
 
-class CohereConfig(ModelConfig):
+class CohereConfig(HttpUpstreamConfig):
     provider: Literal["cohere"]
     model: str = Field(min_length=1, description="Cohere's name for the model, e.g. command-a-03-2025.")
     api_key: SecretStr = Field(description="An environment variable reference, e.g. ${COHERE_API_KEY}.")
@@ -99,13 +97,6 @@ class CohereConfig(ModelConfig):
     read_timeout: float = Field(120.0, gt=0, description="Longest silence between two stream events.")
     max_connections: int = Field(1024, ge=1, description="Most connections open to the upstream at once.")
     capabilities: CohereCapabilities = CohereCapabilities()
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
 
 def _profile(config: CohereConfig) -> CapabilityProfile:
@@ -307,22 +298,13 @@ def from_cohere(response: dict[str, Any], name: str) -> dict[str, Any]:
 # -- errors ----------------------------------------------------------------------------------------
 
 
-def _retry_after(headers: Any) -> int:
-    value = headers.get("retry-after") if headers is not None else None
-    try:
-        seconds = float(value) if value is not None else 1.0
-    except ValueError:
-        return 1
-    return max(1, math.ceil(seconds)) if math.isfinite(seconds) else 1
-
-
 def map_error(name: str, status: int, message: str, headers: Any = None) -> MeshError:
     """The typed error for an upstream HTTP status (the message is only quoted)."""
     detail = f": {message}" if message else ""
     if status == 429:
-        return RateLimited(f"The upstream of `{name}` is rate limiting{detail}", retry_after=_retry_after(headers))
+        return RateLimited(f"The upstream of `{name}` is rate limiting{detail}", retry_after=retry_after(headers))
     if status == 503:
-        return Overloaded(f"The upstream of `{name}` is unavailable{detail}", retry_after=_retry_after(headers))
+        return Overloaded(f"The upstream of `{name}` is unavailable{detail}", retry_after=retry_after(headers))
     if status in (400, 413, 422):
         return InvalidRequest(f"The upstream of `{name}` rejected the request{detail}")
     if status in (401, 403, 498):
@@ -353,61 +335,23 @@ def _error_message(body: bytes) -> str:
 # -- the models ------------------------------------------------------------------------------------
 
 
-class _CohereModel(Model):
+class _CohereModel(JsonUpstream):
     provider = PROVIDER_NAME
     config: CohereConfig
 
     def __init__(self, config: CohereConfig, context: ProviderContext) -> None:
-        super().__init__(config, _profile(config))
-        self.total_timeout = config.timeout or context.request_timeout
+        super().__init__(config, _profile(config), context)
         self.headers = {
             "content-type": "application/json",
             "accept": "application/json",
             "authorization": "Bearer " + config.api_key.get_secret_value(),
         }
-        self.session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.config.max_connections, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(
-                total=self.total_timeout, sock_connect=self.config.connect_timeout, sock_read=self.config.read_timeout
-            ),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-
-    async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-
-    def describe(self) -> dict[str, Any]:
-        return {"upstream_model": self.config.model}
-
-    def _transport_error(self, exc: BaseException) -> MeshError:
-        if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-            return UpstreamTimeout(f"The upstream of `{self.name}` did not answer in time", provider=self.provider)
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamError(
-                f"The upstream of `{self.name}` is unreachable at {self.config.base_url}", provider=self.provider
-            )
-        return UpstreamError(
-            f"The connection to the upstream of `{self.name}` failed: {type(exc).__name__}", provider=self.provider
-        )
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> MeshError:
         return map_error(self.name, response.status, _error_message(await response.read()), response.headers)
 
     async def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        assert self.session is not None, "start() first"
-        try:
-            async with self.session.post(self.config.base_url + path, json=payload, headers=self.headers) as response:
-                if response.status >= 400:
-                    raise await self._status_error(response)
-                body = await response.read()
-        except MeshError:
-            raise
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc) from None
+        body = await self.post_json(self.config.base_url + path, payload)
         try:
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -432,41 +376,15 @@ class CohereChat(_CohereModel, ChatModel):
         return result
 
     async def stream(self, request: ChatCompletionRequest, call: CallContext) -> AsyncIterator[dict[str, Any]]:
-        assert self.session is not None, "start() first"
         payload = to_cohere(request, self.config, stream=True)
         headers = {**self.headers, "accept": "text/event-stream"}
-        try:
-            async with self.session.post(self.config.base_url + "/v2/chat", json=payload, headers=headers) as response:
-                if response.status >= 400:
-                    raise await self._status_error(response)
-                translator = _StreamTranslator(self.name, call)
-                event = ""
-                data: list[str] = []
-                async for raw in response.content:
-                    line = raw.decode("utf-8").rstrip("\r\n")
-                    if line:
-                        field, _, value = line.partition(":")
-                        value = value[1:] if value.startswith(" ") else value
-                        if field == "event":
-                            event = value
-                        elif field == "data":
-                            data.append(value)
-                        continue
-                    if data:
-                        for chunk in translator.feed(event, "\n".join(data)):
-                            yield chunk
-                    event, data = "", []
-                    if translator.done:
-                        return
-                if data:  # a last event without its blank line
-                    for chunk in translator.feed(event, "\n".join(data)):
-                        yield chunk
-                    if translator.done:
-                        return
-        except MeshError:
-            raise
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc) from None
+        translator = _StreamTranslator(self.name, call)
+        async with aclosing(self.sse_events(self.config.base_url + "/v2/chat", payload, headers)) as events:
+            async for event, data in events:
+                for chunk in translator.feed(event, data):
+                    yield chunk
+                if translator.done:
+                    return
         raise UpstreamError(
             f"The upstream of `{self.name}` ended the stream before message-end", provider=self.provider
         )
@@ -476,21 +394,15 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-class _StreamTranslator:
+class _StreamTranslator(ChunkTranslator):
     """Cohere's typed stream events in, OpenAI chunks out."""
 
     def __init__(self, name: str, call: CallContext) -> None:
-        self.name = name
-        self.call = call
-        self.id = new_completion_id()
-        self.created = int(time.time())
+        super().__init__(name, call)
         self.done = False
         self.started = False
         #: Cohere tool call index -> [OpenAI tool call index, whether arguments arrived].
         self.tools: dict[int, list[Any]] = {}
-
-    def _chunk(self, delta: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-        return chunk_dict(self.id, self.name, self.created, delta, **extra)
 
     def _role(self) -> list[dict[str, Any]]:
         if self.started:

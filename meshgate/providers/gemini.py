@@ -15,17 +15,17 @@ Retry-After), bad credentials and other failures a 502, DEADLINE_EXCEEDED and ti
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import json
 import math
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from meshgate.errors import (
     InvalidRequest,
@@ -59,13 +59,12 @@ from meshgate.providers.base import (
     EmbeddingModel,
     Embeddings,
     Model,
-    ModelConfig,
     ProviderContext,
     ProviderType,
-    chunk_dict,
     new_completion_id,
     usage_dict,
 )
+from meshgate.providers.http_json import ChunkTranslator, HttpUpstreamConfig, JsonUpstream, parse_retry_after
 
 #: Gemini's finishReason -> OpenAI's finish_reason (a function call makes it "tool_calls").
 FINISH_REASONS = {
@@ -96,7 +95,7 @@ class GeminiCapabilities(BaseModel):
     embedding_shortening: bool = Field(True, description="Whether `dimensions` is sent as outputDimensionality.")
 
 
-class GeminiConfig(ModelConfig):
+class GeminiConfig(HttpUpstreamConfig):
     provider: Literal["gemini"]
     model: str = Field(min_length=1, description="Gemini's name for the model, e.g. gemini-2.5-flash.")
     api_key: SecretStr = Field(description="An environment variable reference, e.g. ${GEMINI_API_KEY}.")
@@ -107,13 +106,6 @@ class GeminiConfig(ModelConfig):
     read_timeout: float = Field(120.0, gt=0, description="Longest silence between two stream events.")
     max_connections: int = Field(1024, ge=1, description="Most connections open to the upstream at once.")
     capabilities: GeminiCapabilities = GeminiCapabilities()
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
     @property
     def resource(self) -> str:
@@ -414,11 +406,7 @@ def _retry_after(headers: Any, details: list[Any]) -> int:
         for detail in details:
             if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
                 value = str(detail.get("retryDelay") or "").removesuffix("s") or None
-    try:
-        seconds = float(value) if value is not None else 1.0
-    except ValueError:
-        return 1
-    return max(1, math.ceil(seconds)) if math.isfinite(seconds) else 1
+    return parse_retry_after(value)
 
 
 def _bad_key(details: list[Any]) -> bool:
@@ -478,43 +466,14 @@ def _error_fields(data: Any) -> tuple[str, str, list[Any]]:
 # -- the models ------------------------------------------------------------------------------------
 
 
-class _GeminiModel(Model):
+class _GeminiModel(JsonUpstream):
     provider = "gemini"
     config: GeminiConfig
 
     def __init__(self, config: GeminiConfig, context: ProviderContext) -> None:
-        super().__init__(config, _profile(config))
-        self.total_timeout = config.timeout or context.request_timeout
+        super().__init__(config, _profile(config), context)
         self.base = f"{config.base_url}/v1beta/{config.resource}"
         self.headers = {"content-type": "application/json", "x-goog-api-key": config.api_key.get_secret_value()}
-        self.session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.config.max_connections, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(
-                total=self.total_timeout, sock_connect=self.config.connect_timeout, sock_read=self.config.read_timeout
-            ),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-
-    async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-
-    def describe(self) -> dict[str, Any]:
-        return {"upstream_model": self.config.model}
-
-    def _transport_error(self, exc: BaseException) -> MeshError:
-        if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-            return UpstreamTimeout(f"The upstream of `{self.name}` did not answer in time", provider=self.provider)
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamError(
-                f"The upstream of `{self.name}` is unreachable at {self.config.base_url}", provider=self.provider
-            )
-        return UpstreamError(
-            f"The connection to the upstream of `{self.name}` failed: {type(exc).__name__}", provider=self.provider
-        )
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> MeshError:
         body = await response.read()
@@ -525,16 +484,7 @@ class _GeminiModel(Model):
         return map_error(self.name, response.status, kind, message, response.headers, details)
 
     async def _post(self, method: str, payload: dict[str, Any]) -> Any:
-        assert self.session is not None, "start() first"
-        try:
-            async with self.session.post(f"{self.base}:{method}", json=payload, headers=self.headers) as response:
-                if response.status >= 400:
-                    raise await self._status_error(response)
-                body = await response.read()
-        except MeshError:
-            raise
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc) from None
+        body = await self.post_json(f"{self.base}:{method}", payload)
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -558,51 +508,24 @@ class GeminiChat(_GeminiModel, ChatModel):
         return result
 
     async def stream(self, request: ChatCompletionRequest, call: CallContext) -> AsyncIterator[dict[str, Any]]:
-        assert self.session is not None, "start() first"
-        payload = to_gemini(request)
         url = f"{self.base}:streamGenerateContent?alt=sse"
         translator = _StreamTranslator(self.name, call)
-        try:
-            async with self.session.post(url, json=payload, headers=self.headers) as response:
-                if response.status >= 400:
-                    raise await self._status_error(response)
-                data: list[str] = []
-                async for raw in response.content:
-                    line = raw.decode("utf-8").rstrip("\r\n")
-                    if line:
-                        field, _, value = line.partition(":")
-                        if field == "data":
-                            data.append(value[1:] if value.startswith(" ") else value)
-                        continue
-                    if data:
-                        for chunk in translator.feed("\n".join(data)):
-                            yield chunk
-                        data = []
-                if data:
-                    for chunk in translator.feed("\n".join(data)):
-                        yield chunk
-        except MeshError:
-            raise
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc) from None
+        async with aclosing(self.sse_events(url, to_gemini(request))) as events:
+            async for _, data in events:
+                for chunk in translator.feed(data):
+                    yield chunk
         for chunk in translator.finish():
             yield chunk
 
 
-class _StreamTranslator:
+class _StreamTranslator(ChunkTranslator):
     """Partial GenerateContentResponses in, OpenAI chunks out."""
 
     def __init__(self, name: str, call: CallContext) -> None:
-        self.name = name
-        self.call = call
-        self.id = new_completion_id()
-        self.created = int(time.time())
+        super().__init__(name, call)
         self.started = False
         self.reason: Any = None
         self.calls = 0
-
-    def _chunk(self, delta: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-        return chunk_dict(self.id, self.name, self.created, delta, **extra)
 
     def feed(self, raw: str) -> list[dict[str, Any]]:
         try:

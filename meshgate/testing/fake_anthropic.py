@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from meshgate.testing.fake_server import FakeServer, FakeState
 
 #: API versions accepted: the long-standing one meshgate sends, and the one the installed SDK sends.
 API_VERSIONS = ("2023-06-01", "2026-10-21")
@@ -57,12 +58,6 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
-
-
-@dataclass
-class FakeState:
-    requests: list[Recorded] = field(default_factory=list)
-    required_key: str | None = None
 
 
 def _error(status: int, message: str, kind: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
@@ -222,47 +217,14 @@ def build_fake_app(state: FakeState) -> web.Application:
     return app
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeServer):
     """The fake served from a background thread: `with FakeAnthropic() as fake: fake.base_url`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, required_key: str | None = None) -> None:
-        self.host, self.port = host, port
-        self.state = FakeState(required_key=required_key)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
+    thread_name = "fake-anthropic"
 
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def build_app(self) -> web.Application:
+        return build_fake_app(self.state)
 
     @property
     def requests(self) -> list[Recorded]:
         return self.state.requests
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        runner = web.AppRunner(build_fake_app(self.state), handle_signals=False, access_log=None)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, self.host, self.port)
-        loop.run_until_complete(site.start())
-        server = getattr(site, "_server", None)
-        if self.port == 0 and server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    def __enter__(self) -> FakeAnthropic:
-        self._thread = threading.Thread(target=self._run, name="fake-anthropic", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
