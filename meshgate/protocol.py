@@ -41,6 +41,10 @@ Int64 = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
 TokenCount = Annotated[int, Meta(ge=1, le=MAX_TOKENS)]
 TokenId = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
 UserId = Annotated[str, Meta(max_length=MAX_USER_LENGTH)]
+#: OpenAI's limits on `metadata`: 16 pairs, keys of at most 64 characters, values of at most 512.
+Metadata = Annotated[
+    dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]], Meta(max_length=16)
+]
 
 # -- message content ---------------------------------------------------------------------------
 
@@ -275,7 +279,7 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=Tr
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     store: bool | None = None
     reasoning_effort: str | None = None
     service_tier: str | None = None
@@ -284,7 +288,7 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=Tr
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
-    safety_identifier: str | None = None
+    safety_identifier: UserId | None = None
     #: Predicted Outputs: a latency hint, the answer is the same without it.
     prediction: dict[str, Any] | None = None
     #: Output modalities; anything but text needs a model with audio output.

@@ -80,6 +80,27 @@ async def test_numbers_out_of_range_are_a_400_naming_the_field(
     assert_openai_error(await proxy_client.http.post(path, json=body), 400, param=param, code="invalid_value")
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"metadata": {f"k{i}": "v" for i in range(17)}},
+        {"metadata": {"k" * 65: "v"}},
+        {"metadata": {"k": "v" * 513}},
+        {"safety_identifier": "s" * 65},
+    ],
+    ids=["17 pairs", "long key", "long value", "long safety_identifier"],
+)
+async def test_hint_strings_are_bounded_as_at_openai(proxy_client: AppClient, fields: dict) -> None:
+    error = assert_openai_error(await proxy_client.http.post(CHAT, json=chat(**fields)), 400, code="invalid_value")
+    assert error["param"].startswith(next(iter(fields)))
+    largest = {
+        "metadata": {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)},
+        "safety_identifier": "s" * 64,
+    }[next(iter(fields))]
+    allowed = await proxy_client.http.post(CHAT, json=chat(**{next(iter(fields)): largest}))
+    assert allowed.status_code == 200, allowed.text
+
+
 async def test_bounds_admit_the_largest_legal_values(proxy_client: AppClient) -> None:
     body = chat(seed=2**63 - 1, user="u" * 64, max_tokens=2**31 - 1)
     assert (await proxy_client.http.post(CHAT, json=body)).status_code == 200

@@ -16,7 +16,8 @@ from meshgate.errors import ClientDisconnected, InvalidRequest, PayloadTooLarge,
 
 T = TypeVar("T")
 
-_AT_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+# msgspec names a bad mapping key as "at `key` in `$.path`": the key is reported as its mapping.
+_AT_PATH = re.compile(r" - at (?:`key` in )?`\$\.?(?P<path>[^`]*)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
 
