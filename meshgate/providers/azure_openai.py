@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from pydantic import Field, SecretStr, model_validator
 
-from meshgate.providers.base import Model, ProviderContext, ProviderType
+from meshgate.providers.base import ProviderType, by_kind
 from meshgate.providers.openai_compatible import (
     OpenAICompatibleChat,
     OpenAICompatibleConfig,
@@ -81,15 +81,9 @@ class AzureOpenAIEmbedding(OpenAICompatibleEmbedding):
         return {"deployment": self.config.deployment, "api_version": self.config.api_version}
 
 
-def _build(config: AzureOpenAIConfig, context: ProviderContext) -> Model:
-    if config.kind == "embedding":
-        return AzureOpenAIEmbedding(config, context)
-    return AzureOpenAIChat(config, context)
-
-
 PROVIDER = ProviderType(
     name="azure-openai",
     config_model=AzureOpenAIConfig,
-    factory=_build,
+    factory=by_kind(AzureOpenAIChat, AzureOpenAIEmbedding),
     description="Azure OpenAI: a deployment of an Azure OpenAI resource, by resource key or Entra ID token.",
 )

@@ -186,6 +186,17 @@ class ProviderType:
     description: str = ""
 
 
+def by_kind(
+    chat: Callable[[Any, ProviderContext], Model], embedding: Callable[[Any, ProviderContext], Model]
+) -> Callable[[Any, ProviderContext], Model]:
+    """The factory of a provider type that serves chat or embeddings by its entry's `kind`."""
+
+    def build(config: Any, context: ProviderContext) -> Model:
+        return embedding(config, context) if config.kind == "embedding" else chat(config, context)
+
+    return build
+
+
 # -- OpenAI-shaped response builders shared by providers that generate their own answers ----------
 
 

@@ -50,9 +50,9 @@ from meshgate.providers.base import (
     EmbeddingInput,
     EmbeddingModel,
     Embeddings,
-    Model,
     ProviderContext,
     ProviderType,
+    by_kind,
     new_completion_id,
     usage_dict,
 )
@@ -512,15 +512,9 @@ class CohereEmbedding(_CohereModel, EmbeddingModel):
         return Embeddings(vectors=vectors, prompt_tokens=tokens)
 
 
-def _build(config: CohereConfig, context: ProviderContext) -> Model:
-    if config.kind == "embedding":
-        return CohereEmbedding(config, context)
-    return CohereChat(config, context)
-
-
 PROVIDER = ProviderType(
     name="cohere",
     config_model=CohereConfig,
-    factory=_build,
+    factory=by_kind(CohereChat, CohereEmbedding),
     description="Cohere's v2 API (Command chat models and Embed), translated to and from OpenAI's shapes.",
 )

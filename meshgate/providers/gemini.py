@@ -58,9 +58,9 @@ from meshgate.providers.base import (
     EmbeddingInput,
     EmbeddingModel,
     Embeddings,
-    Model,
     ProviderContext,
     ProviderType,
+    by_kind,
     new_completion_id,
     usage_dict,
 )
@@ -594,15 +594,9 @@ class GeminiEmbedding(_GeminiModel, EmbeddingModel):
         return Embeddings(vectors=vectors, prompt_tokens=tokens)
 
 
-def _build(config: GeminiConfig, context: ProviderContext) -> Model:
-    if config.kind == "embedding":
-        return GeminiEmbedding(config, context)
-    return GeminiChat(config, context)
-
-
 PROVIDER = ProviderType(
     name="gemini",
     config_model=GeminiConfig,
-    factory=_build,
+    factory=by_kind(GeminiChat, GeminiEmbedding),
     description="Google's Gemini API (generateContent, batchEmbedContents), translated to and from OpenAI's shapes.",
 )

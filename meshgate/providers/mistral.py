@@ -18,7 +18,7 @@ from pydantic import Field
 
 from meshgate.errors import MeshError, UpstreamError
 from meshgate.protocol import ChatCompletionRequest
-from meshgate.providers.base import CallContext, EmbeddingInput, Model, ProviderContext, ProviderType
+from meshgate.providers.base import CallContext, EmbeddingInput, ProviderContext, ProviderType, by_kind
 from meshgate.providers.openai_compatible import (
     Capabilities,
     OpenAICompatibleChat,
@@ -129,15 +129,9 @@ class MistralEmbedding(OpenAICompatibleEmbedding):
         return payload
 
 
-def _build(config: MistralConfig, context: ProviderContext) -> Model:
-    if config.kind == "embedding":
-        return MistralEmbedding(config, context)
-    return MistralChat(config, context)
-
-
 PROVIDER = ProviderType(
     name="mistral",
     config_model=MistralConfig,
-    factory=_build,
+    factory=by_kind(MistralChat, MistralEmbedding),
     description="Mistral's API (api.mistral.ai): chat and mistral-embed.",
 )

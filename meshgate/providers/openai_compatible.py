@@ -30,6 +30,7 @@ from meshgate.providers.base import (
     ModelConfig,
     ProviderContext,
     ProviderType,
+    by_kind,
 )
 from meshgate.providers.sse_upstream import UpstreamEventStream
 from meshgate.providers.stream_client import StreamPool
@@ -355,15 +356,9 @@ class OpenAICompatibleEmbedding(_UpstreamModel, EmbeddingModel):
         return Embeddings(vectors=vectors, prompt_tokens=tokens)
 
 
-def _build(config: OpenAICompatibleConfig, context: ProviderContext) -> Model:
-    if config.kind == "embedding":
-        return OpenAICompatibleEmbedding(config, context)
-    return OpenAICompatibleChat(config, context)
-
-
 PROVIDER = ProviderType(
     name="openai-compatible",
     config_model=OpenAICompatibleConfig,
-    factory=_build,
+    factory=by_kind(OpenAICompatibleChat, OpenAICompatibleEmbedding),
     description="Any upstream speaking OpenAI's API: vLLM, TGI, Ollama, llama.cpp server, OpenAI.",
 )

@@ -12,7 +12,7 @@ from pydantic import SecretStr, ValidationError
 
 from meshgate.errors import InvalidRequest, RateLimited, UpstreamError
 from meshgate.protocol import ChatCompletionRequest, UserMessage
-from meshgate.providers.azure_openai import DEFAULT_API_VERSION, AzureOpenAIConfig, _build
+from meshgate.providers.azure_openai import DEFAULT_API_VERSION, PROVIDER, AzureOpenAIConfig
 from meshgate.providers.base import CallContext, ChatModel, EmbeddingModel, ProviderContext
 from meshgate.testing.fake_azure import FakeAzure
 from tests.conftest import AppClient, make_runtime
@@ -48,7 +48,7 @@ async def started() -> AsyncIterator[list[Any]]:
 
 
 async def chat_model(started: list[Any], cfg: AzureOpenAIConfig) -> ChatModel:
-    model = _build(cfg, ProviderContext(data_dir=Path(".")))
+    model = PROVIDER.factory(cfg, ProviderContext(data_dir=Path(".")))
     assert isinstance(model, ChatModel)
     await model.start()
     started.append(model)
@@ -95,7 +95,7 @@ async def test_streamed_chat_with_an_entra_token(fake: FakeAzure, started: list[
 
 async def test_embeddings(fake: FakeAzure, started: list[Any]) -> None:
     cfg = config(fake, kind="embedding", deployment="embed-3", capabilities={"embedding_shortening": True})
-    model = _build(cfg, ProviderContext(data_dir=Path(".")))
+    model = PROVIDER.factory(cfg, ProviderContext(data_dir=Path(".")))
     assert isinstance(model, EmbeddingModel)
     await model.start()
     started.append(model)

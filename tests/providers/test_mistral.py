@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from meshgate.errors import InvalidRequest, RateLimited, UpstreamError
 from meshgate.protocol import ChatCompletionRequest, UserMessage
 from meshgate.providers.base import CallContext, ChatModel, EmbeddingModel, ProviderContext
-from meshgate.providers.mistral import MistralConfig, _build
+from meshgate.providers.mistral import PROVIDER, MistralConfig
 from meshgate.testing.fake_mistral import FakeMistral
 from tests.conftest import AppClient, make_runtime
 
@@ -52,7 +52,7 @@ async def started() -> AsyncIterator[list[Any]]:
 
 
 async def build(started: list[Any], cfg: MistralConfig) -> Any:
-    model = _build(cfg, ProviderContext(data_dir=Path(".")))
+    model = PROVIDER.factory(cfg, ProviderContext(data_dir=Path(".")))
     await model.start()
     started.append(model)
     return model
@@ -66,7 +66,7 @@ def test_defaults() -> None:
     cfg = MistralConfig.model_validate({"name": "m", "provider": "mistral", "model": "mistral-large-latest"})
     assert cfg.base_url == "https://api.mistral.ai/v1"
     assert cfg.request_path("/chat/completions") == "/chat/completions"
-    model = _build(cfg, ProviderContext(data_dir=Path(".")))
+    model = PROVIDER.factory(cfg, ProviderContext(data_dir=Path(".")))
     assert model.profile.chat and not model.profile.logit_bias
 
 
