@@ -41,6 +41,8 @@ from harness import (
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM_PORT, MESHGATE_PORT, LITELLM_PORT, PORTKEY_PORT = 18080, 18081, 18082, 18083
+#: `--routed`: a second meshgate whose `bench` is a two-deployment route with the exact cache on.
+ROUTED_PORT = 18084
 UPSTREAM_KEY = "sk-upstream"
 #: The other gateways, whose req/s meshgate's is compared with in the table when they ran.
 PEERS = {"litellm": "LiteLLM", "portkey": "Portkey"}
@@ -65,6 +67,33 @@ wrk.method = "POST"
 wrk.body = '{body}'
 wrk.headers["Content-Type"] = "application/json"
 {headers}
+"""
+#: `--routed`: every request is new (a counter in the prompt) and deterministic (temperature 0), so
+#: each one is looked up in the cache, misses, goes to a deployment and is stored: the miss path.
+WRK_UNIQUE_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+{headers}
+local counter = 0
+request = function()
+  counter = counter + 1
+  local body = '{prefix}' .. counter .. '{suffix}'
+  return wrk.format(nil, nil, nil, body)
+end
+"""
+ROUTED_DEPLOYMENT = (
+    '{{name: {name}, provider: openai-compatible, model: bench-model, base_url: "{base}", '
+    'api_key: "${{BENCH_UPSTREAM_KEY}}", weight: 50, price: {{input: 2.5, output: 10.0}}}}'
+)
+ROUTED_MESH = """cache:
+  mode: exact
+  ttl: 1h
+models:
+  - name: bench
+    routing: weighted
+    deployments:
+      - {first}
+      - {second}
 """
 #: Portkey's gateway has no key of its own: the provider, the upstream's address and key travel in headers.
 PORTKEY_HEADERS = {
@@ -163,6 +192,15 @@ def wrk_script(body: str, headers: dict[str, str]) -> str:
     return WRK_SCRIPT.format(body=body, headers=lines)
 
 
+def unique_wrk_script(headers: dict[str, str]) -> str:
+    """A wrk script whose every request is a new deterministic prompt (see WRK_UNIQUE_SCRIPT)."""
+    marker = "@@N@@"
+    body = json.dumps({**BODY, "temperature": 0, "messages": [{"role": "user", "content": f"Say hello {marker}."}]})
+    prefix, suffix = body.split(marker)
+    lines = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())
+    return WRK_UNIQUE_SCRIPT.format(headers=lines, prefix=prefix, suffix=suffix)
+
+
 def to_ms(text: str) -> float:
     value = float(re.match(r"[\d.]+", text).group())  # type: ignore[union-attr]
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[re.sub(r"[\d.]", "", text)]
@@ -200,8 +238,14 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=None, help="JSON results file")
     parser.add_argument("--meshgate-workers", type=int, default=1, help="more than 1 uses the local Redis")
+    parser.add_argument(
+        "--routed",
+        action="store_true",
+        help="also run `meshgate-routed`: bench as a two-deployment route with the exact cache on, every "
+        "request a cache miss",
+    )
     args = parser.parse_args()
-    ensure_free(UPSTREAM_PORT, MESHGATE_PORT, LITELLM_PORT, PORTKEY_PORT)
+    ensure_free(UPSTREAM_PORT, MESHGATE_PORT, LITELLM_PORT, PORTKEY_PORT, *([ROUTED_PORT] if args.routed else []))
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is missing: apt-get install nginx-light wrk")
@@ -225,6 +269,24 @@ def main() -> None:
             "upstream": (f"http://127.0.0.1:{UPSTREAM_PORT}/v1/chat/completions", {"Authorization": "Bearer unused"}),
             "meshgate": (f"http://127.0.0.1:{MESHGATE_PORT}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
         }
+        if args.routed:
+            routed_env = {**env, "MESHGATE_DATA_DIR": str(tmp / "meshgate-routed")}
+            routed_config = tmp / "routed.yaml"
+            base = f"http://127.0.0.1:{UPSTREAM_PORT}/v1"
+            routed_config.write_text(
+                ROUTED_MESH.format(
+                    first=ROUTED_DEPLOYMENT.format(name="bench-a", base=base),
+                    second=ROUTED_DEPLOYMENT.format(name="bench-b", base=base),
+                )
+            )
+            routed_key = create_key(routed_env, *EVERY_CONTROL)
+            processes["meshgate-routed"] = start_meshgate(
+                routed_env, ROUTED_PORT, "--config", str(routed_config), *workers
+            )
+            targets["meshgate-routed"] = (
+                f"http://127.0.0.1:{ROUTED_PORT}/v1/chat/completions",
+                {"Authorization": f"Bearer {routed_key}"},
+            )
 
         # -- LiteLLM's proxy, one worker, same upstream ------------------------------------------
         if args.litellm:
@@ -254,6 +316,8 @@ def main() -> None:
         for name, (_, headers) in targets.items():
             scripts[name] = tmp / f"{name}.lua"
             scripts[name].write_text(wrk_script(body_json, headers))
+        if args.routed:
+            scripts["meshgate-routed"].write_text(unique_wrk_script(targets["meshgate-routed"][1]))
         connections = [int(c) for c in args.connections.split(",")]
         for round_index in range(args.rounds):
             for count in connections:
@@ -311,7 +375,7 @@ def table(results: Results) -> str:
 def ratio(medians: dict[tuple[str, int], tuple[float, float, float]], target: str, peer: str, count: int) -> str:
     """meshgate's req/s over the peer's, on meshgate's row only."""
     theirs = medians.get((peer, count))
-    return f"{medians[(target, count)][0] / theirs[0]:.1f}x" if theirs and target == "meshgate" else ""
+    return f"{medians[(target, count)][0] / theirs[0]:.1f}x" if theirs and target.startswith("meshgate") else ""
 
 
 if __name__ == "__main__":

@@ -91,7 +91,11 @@ def serve(config_path: str | None, chat_model: str | None, chat_model_name: str,
     if chat_model:  # worker processes (--workers) rebuild the config from the environment
         os.environ["MESHGATE_CHAT_MODEL"] = str(Path(chat_model).resolve())
         os.environ["MESHGATE_CHAT_MODEL_NAME"] = chat_model_name
-    runtime = Runtime(settings, config, _plugins, provider_types(_plugins))
+    try:
+        runtime = Runtime(settings, config, _plugins, provider_types(_plugins))
+    except ConfigError as error:
+        _fail(error)
+        return
     run_server(runtime)
 
 
@@ -121,13 +125,46 @@ def config_check(
     click.echo(f"# ok: {len(config.models)} models", err=True)
 
 
+@config_group.command("reload")
+@settings_options("data_dir")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for each server.")
+def config_reload(config_path: str | None, timeout: float, **cli_values: Any) -> None:
+    """Make the running servers of this data dir load mesh.yaml again (as SIGHUP does).
+
+    A file that does not validate keeps each server on its previous configuration; the reason is
+    printed and the command exits non-zero."""
+    from meshgate.gateway.reload_client import signal_servers
+
+    try:
+        _, settings = _load(config_path, cli_values)
+    except ConfigError as error:
+        _fail(error)
+        return
+    outcomes = signal_servers(settings.data_dir, timeout)
+    if not outcomes:
+        click.echo(f"error: no running meshgate server uses the data dir {settings.data_dir}", err=True)
+        sys.exit(1)
+    failed = False
+    for pid, ok, message in outcomes:
+        failed = failed or not ok
+        click.echo(f"{'reloaded' if ok else 'NOT reloaded'} (pid {pid}): {message}", err=not ok)
+    sys.exit(1 if failed else 0)
+
+
 def _register_control() -> None:
     from meshgate.control import cli as control_cli
 
     control_cli.register(cli, _load)
 
 
+def _register_cache() -> None:
+    from meshgate.cache import cli as cache_cli
+
+    cache_cli.register(cli, _load)
+
+
 _register_control()
+_register_cache()
 _plugins.hook.register_commands(cli=cli)
 
 

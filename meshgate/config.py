@@ -18,6 +18,7 @@ Without a `models:` key the embedded defaults are served (`local-chat`, `local-e
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,9 +28,12 @@ from typing import Any
 import yaml
 from pydantic import SecretStr, ValidationError
 
+from meshgate.cache.config import CacheConfig
+from meshgate.data_classes import DEFAULT_ALLOWED_HOSTING, HOSTINGS, data_class_problem
 from meshgate.errors import ConfigError
 from meshgate.names import name_problem
 from meshgate.providers.base import ModelConfig, ProviderType
+from meshgate.routing.config import ROUTE_FIELDS, SHARED_FIELDS, RouteConfig
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -47,17 +51,30 @@ DEFAULT_MODELS: list[dict[str, Any]] = [
     },
 ]
 
-TOP_LEVEL_KEYS = ("server", "models")
+TOP_LEVEL_KEYS = ("server", "models", "cache", "data_classes")
 
 
 @dataclass
 class MeshConfig:
     path: str
     server: dict[str, Any]
+    #: The models clients call: provider entries, and RouteConfig for routes.
     models: list[ModelConfig]
     #: Field paths whose value came from an env-var reference, with the reference as written.
     env_refs: dict[str, str] = field(default_factory=dict)
     uses_default_models: bool = False
+    #: The `cache:` block: the default of every model.
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    #: Which hostings each data class may reach (`data_classes:`, over the defaults).
+    data_classes: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_ALLOWED_HOSTING))
+
+    def cache_config_for(self, model: str) -> CacheConfig:
+        """The effective cache configuration of a model: its own `cache:` block over the default."""
+        for entry in self.models:
+            if entry.name == model:
+                override = entry.cache if isinstance(entry, RouteConfig) else None
+                return self.cache.merged(override)
+        return self.cache
 
 
 def _path_str(parts: list[str | int]) -> str:
@@ -102,6 +119,102 @@ def _format_validation_error(source: str, prefix: list[str | int], error: Valida
     return "\n".join(lines)
 
 
+def _validate_entry(
+    entry: dict[str, Any],
+    provider_types: dict[str, ProviderType],
+    source: str,
+    path: list[str | int],
+    env_refs: dict[str, str],
+) -> ModelConfig:
+    """One provider entry (a flat model or a deployment), validated by its provider type."""
+    where = f"{source}: {_path_str(path)}"
+    provider = entry.get("provider")
+    if provider is None:
+        raise ConfigError(f"{where}.provider: field required (one of: {', '.join(sorted(provider_types))})")
+    if provider not in provider_types:
+        raise ConfigError(
+            f"{where}.provider: unknown provider {provider!r} (one of: {', '.join(sorted(provider_types))})"
+        )
+    try:
+        model = provider_types[provider].config_model.model_validate(entry)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, path, exc)) from None
+    for field_name, value in model:
+        if isinstance(value, SecretStr) and f"{_path_str(path)}.{field_name}" not in env_refs:
+            raise ConfigError(
+                f"{where}.{field_name}: secrets are not written in the file; reference an environment "
+                f"variable instead, e.g. {field_name}: ${{MY_{field_name.upper()}}}"
+            )
+    problem = name_problem("model name", model.name)
+    if problem is not None:
+        raise ConfigError(f"{where}.name: {problem}")
+    return model
+
+
+def _weight(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}.weight: expected a whole number >= 0 (a share of the traffic)")
+    return value
+
+
+def _parse_entry(
+    entry: dict[str, Any],
+    index: int,
+    provider_types: dict[str, ProviderType],
+    source: str,
+    env_refs: dict[str, str],
+) -> ModelConfig:
+    """A `models:` entry: a flat provider entry, or a route (with `deployments:` or route fields)."""
+    where = f"{source}: models[{index}]"
+    route_fields = {key: entry[key] for key in ROUTE_FIELDS if key in entry}
+    if "weight" in entry and "deployments" not in entry:
+        raise ConfigError(f"{where}.weight: a weight belongs to a deployment of a route (under `deployments:`)")
+    if not route_fields:
+        return _validate_entry(entry, provider_types, source, ["models", index], env_refs)
+    if "deployments" in entry:
+        if "provider" in entry:
+            raise ConfigError(
+                f"{where}: a route has `deployments:` and no `provider:` of its own (each deployment has one)"
+            )
+        raw = entry["deployments"]
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(f"{where}.deployments: expected a non-empty list of deployment entries")
+        deployments, weights = [], []
+        for position, item in enumerate(raw):
+            path: list[str | int] = ["models", index, "deployments", position]
+            if not isinstance(item, dict):
+                raise ConfigError(f"{source}: {_path_str(path)}: expected a mapping with `name` and `provider`")
+            item = dict(item)
+            weights.append(_weight(item.pop("weight", 1), f"{source}: {_path_str(path)}"))
+            if "name" not in item:
+                raise ConfigError(f"{source}: {_path_str(path)}.name: field required (each deployment is named)")
+            deployments.append(_validate_entry(item, provider_types, source, path, env_refs))
+        shared = {key: value for key, value in entry.items() if key != "deployments"}
+    else:
+        flat = {key: value for key, value in entry.items() if key not in ROUTE_FIELDS}
+        deployment = _validate_entry(flat, provider_types, source, ["models", index], env_refs)
+        deployments, weights = [deployment], [1]
+        shared = {key: value for key, value in entry.items() if key in ROUTE_FIELDS or key in SHARED_FIELDS}
+    try:
+        route = RouteConfig.model_validate({**shared, "deployments": deployments, "weights": weights})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, ["models", index], exc)) from None
+    problem = name_problem("model name", route.name)
+    if problem is not None:
+        raise ConfigError(f"{where}.name: {problem}")
+    if not any(weights) and route.routing == "weighted":
+        raise ConfigError(f"{where}.deployments: every weight is 0; at least one deployment must take traffic")
+    if route.cache is not None:
+        try:
+            CacheConfig().merged(route.cache)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(source, ["models", index, "cache"], exc)) from None
+    if not route.price.input and not route.price.output and "price" not in shared:
+        # Budgets reserve a call's worst case before it runs: the dearest deployment's price.
+        route.price = max((d.price for d in deployments), key=lambda p: p.input + p.output)
+    return route
+
+
 def parse_models(
     raw_models: Any,
     provider_types: dict[str, ProviderType],
@@ -113,35 +226,68 @@ def parse_models(
         raise ConfigError(f"{source}: models: expected a list of model entries")
     models: list[ModelConfig] = []
     seen: dict[str, int] = {}
+    # Deployment names key circuit breakers (shared across replicas): unique in the whole file.
+    deployment_names: dict[str, str] = {}
     for index, entry in enumerate(raw_models):
         where = f"{source}: models[{index}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: expected a mapping with at least `name` and `provider`")
-        provider = entry.get("provider")
-        if provider is None:
-            raise ConfigError(f"{where}.provider: field required (one of: {', '.join(sorted(provider_types))})")
-        if provider not in provider_types:
-            raise ConfigError(
-                f"{where}.provider: unknown provider {provider!r} (one of: {', '.join(sorted(provider_types))})"
-            )
-        try:
-            model = provider_types[provider].config_model.model_validate(entry)
-        except ValidationError as exc:
-            raise ConfigError(_format_validation_error(source, ["models", index], exc)) from None
-        for field_name, value in model:
-            if isinstance(value, SecretStr) and f"models[{index}].{field_name}" not in env_refs:
-                raise ConfigError(
-                    f"{where}.{field_name}: secrets are not written in the file; reference an environment "
-                    f"variable instead, e.g. {field_name}: ${{MY_{field_name.upper()}}}"
-                )
-        problem = name_problem("model name", model.name)
-        if problem is not None:
-            raise ConfigError(f"{where}.name: {problem}")
+        model = _parse_entry(entry, index, provider_types, source, env_refs)
         if model.name in seen:
             raise ConfigError(f"{where}.name: {model.name!r} is already used by models[{seen[model.name]}]")
         seen[model.name] = index
+        owned = model.deployments if isinstance(model, RouteConfig) else [model]
+        for position, deployment in enumerate(owned):
+            if deployment.name in deployment_names and deployment_names[deployment.name] != model.name:
+                raise ConfigError(
+                    f"{where}.deployments[{position}].name: {deployment.name!r} is already a deployment of "
+                    f"`{deployment_names[deployment.name]}` (deployment names are unique in the file)"
+                )
+            deployment_names[deployment.name] = model.name
         models.append(model)
+    for index, model in enumerate(models):
+        if not isinstance(model, RouteConfig):
+            continue
+        for position, name in enumerate(model.fallbacks):
+            if name == model.name:
+                raise ConfigError(
+                    f"{source}: models[{index}].fallbacks[{position}]: a model cannot fall back to itself"
+                )
+            if name not in seen:
+                raise ConfigError(
+                    f"{source}: models[{index}].fallbacks[{position}]: no model named {name!r} "
+                    f"(known: {', '.join(sorted(seen))})"
+                )
     return models
+
+
+def _parse_data_classes(raw: Any, source: str) -> dict[str, tuple[str, ...]]:
+    allowed = dict(DEFAULT_ALLOWED_HOSTING)
+    if raw is None:
+        return allowed
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: data_classes: expected a mapping of data class to allowed hostings")
+    for name, hostings in raw.items():
+        problem = data_class_problem(name)
+        if problem is not None:
+            raise ConfigError(f"{source}: data_classes.{name}: {problem}")
+        if isinstance(hostings, str):
+            hostings = [hostings]
+        if not isinstance(hostings, list) or any(h not in HOSTINGS for h in hostings):
+            raise ConfigError(f"{source}: data_classes.{name}: expected a list of hostings (of: {', '.join(HOSTINGS)})")
+        allowed[name] = tuple(hostings)
+    return allowed
+
+
+def _parse_cache(raw: Any, source: str) -> CacheConfig:
+    if raw is None:
+        return CacheConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: cache: expected a mapping (mode, ttl, ...)")
+    try:
+        return CacheConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, ["cache"], exc)) from None
 
 
 def load_config(path: str | Path | None, provider_types: dict[str, ProviderType]) -> MeshConfig:
@@ -181,7 +327,15 @@ def load_config(path: str | Path | None, provider_types: dict[str, ProviderType]
     else:
         models = parse_models(DEFAULT_MODELS, provider_types, "defaults")
         defaults = True
-    return MeshConfig(path=source, server=server, models=models, env_refs=refs, uses_default_models=defaults)
+    return MeshConfig(
+        path=source,
+        server=server,
+        models=models,
+        env_refs=refs,
+        uses_default_models=defaults,
+        cache=_parse_cache(resolved.get("cache"), source),
+        data_classes=_parse_data_classes(resolved.get("data_classes"), source),
+    )
 
 
 def with_chat_model(config: MeshConfig, path: str, name: str, provider_types: dict[str, ProviderType]) -> MeshConfig:
@@ -211,20 +365,30 @@ def with_chat_model(config: MeshConfig, path: str, name: str, provider_types: di
         break
     else:
         models += parse_models([entry], provider_types, "--chat-model")
-    return MeshConfig(config.path, config.server, models, config.env_refs, uses_default_models=False)
+    return dataclasses.replace(config, models=models, uses_default_models=False)
 
 
 def describe_config(config: MeshConfig, settings: Any) -> dict[str, Any]:
     """The resolved configuration as printed by `meshgate config check`: secrets stay references."""
-    models = []
-    for index, model in enumerate(config.models):
+
+    def described(model: ModelConfig, path: str) -> dict[str, Any]:
         data = model.model_dump(mode="json")
         for key, value in model:
-            ref = config.env_refs.get(f"models[{index}].{key}")
+            ref = config.env_refs.get(f"{path}.{key}")
             if ref is not None:
                 data[key] = ref
             elif isinstance(value, SecretStr):
                 data[key] = "****"
+        return data
+
+    models = []
+    for index, model in enumerate(config.models):
+        data = described(model, f"models[{index}]")
+        if isinstance(model, RouteConfig):
+            data["deployments"] = [
+                {**described(d, f"models[{index}].deployments[{j}]"), "weight": model.weights[j]}
+                for j, d in enumerate(model.deployments)
+            ]
         models.append(data)
     server = {name: (str(value) if isinstance(value, Path) else value) for name, value in vars(settings).items()}
     if server.get("database_url"):

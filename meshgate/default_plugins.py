@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 @hookimpl
 def register_providers(register: Callable[[ProviderType], None]) -> None:
     # Imported here so that `meshgate --help` does not load llama.cpp or onnxruntime.
-    from meshgate.providers import anthropic, azure_openai, cohere, gemini, mistral, openai_compatible
+    from meshgate.providers import anthropic, azure_openai, bedrock, cohere, gemini, mistral, openai_compatible
     from meshgate.providers.local import chat, embedding
 
     register(openai_compatible.PROVIDER)
@@ -25,12 +25,14 @@ def register_providers(register: Callable[[ProviderType], None]) -> None:
     register(mistral.PROVIDER)
     register(gemini.PROVIDER)
     register(cohere.PROVIDER)
+    register(bedrock.PROVIDER)
     register(chat.PROVIDER)
     register(embedding.PROVIDER)
 
 
 @hookimpl
 def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) -> None:
+    from meshgate.control.admission import Admission
     from meshgate.control.steps import AuthorizeModel, Budget, RateLimit
     from meshgate.gateway.capabilities import CapabilityCheck
     from meshgate.observe.audit_step import AuditStep
@@ -43,10 +45,32 @@ def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) 
 
         register(TracingStep(runtime.tracing))
     register(AuthorizeModel())
-    register(RateLimit(runtime.limiter))
-    register(Budget(runtime.ledger))
+    from meshgate.routing.step import DataClassRouting
+
+    register(DataClassRouting(lambda: runtime.allowed_hosting))
+    # One admission for both steps: on Redis, one round trip decides rate limits and budgets.
+    admission = Admission.of(runtime.limiter, runtime.ledger)
+    register(RateLimit(admission))
+    register(Budget(admission))
     register(CapabilityCheck())
     if runtime.usage is not None:
         register(UsageStep(runtime.usage))
     if runtime.audit_writer is not None:
         register(AuditStep(runtime.audit_writer, runtime.settings.audit_content))
+    from meshgate.cache.step import build_cache_step
+
+    s = runtime.settings
+    cache = build_cache_step(
+        runtime.cache_config_for, runtime.config.cache, runtime.models, runtime.lookup, s.data_dir, s.redis_url
+    )
+    if cache is not None:
+        register(cache)
+
+
+@hookimpl
+async def shutdown(runtime: Runtime) -> None:
+    from meshgate.cache.step import CacheStep
+
+    for step in runtime.pipeline.steps:
+        if isinstance(step, CacheStep):
+            await step.cache.close()

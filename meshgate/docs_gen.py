@@ -7,9 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from meshgate.cache.config import CacheConfig
+from meshgate.data_classes import DEFAULT_ALLOWED_HOSTING
 from meshgate.plugins import make_plugin_manager, provider_types
+from meshgate.providers.base import ModelConfig
+from meshgate.routing.config import BreakerConfig, RouteConfig
 from meshgate.settings import SETTINGS, Setting
 
 HEADER = """# Configuration
@@ -82,7 +87,42 @@ def render() -> str:
             meaning = (info.description or "").replace("|", "\\|")
             lines.append(f"| `{field_name}` | `{_type_name(info)}` | {_default(info)} | {meaning} |")
         lines.append("")
+    lines += _section(
+        "Routes",
+        "A `models:` entry with `deployments:` (each an entry of a provider type above, plus `weight`) "
+        "is a route; a flat entry may take the route fields too. See docs/routing.md.",
+        RouteConfig,
+        skip=set(ModelConfig.model_fields) | {"weights"},
+    )
+    lines += _section("Route `breaker:`", "A deployment's circuit breaker.", BreakerConfig)
+    lines += _section(
+        "Cache",
+        "The top-level `cache:` block (the default of every model) and a model's own `cache:` (which "
+        "overrides the fields it sets). See docs/cache.md.",
+        CacheConfig,
+    )
+    lines += [
+        "## Data classes",
+        "",
+        "The top-level `data_classes:` maps a class to the hostings it may reach; the defaults:",
+        "",
+        "| class | allowed hostings |",
+        "|---|---|",
+        *(f"| `{name}` | {', '.join(hostings)} |" for name, hostings in DEFAULT_ALLOWED_HOSTING.items()),
+        "",
+    ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _section(title: str, intro: str, model: type[BaseModel], skip: set[str] | None = None) -> list[str]:
+    lines = [f"## {title}", "", intro, "", "| field | type | default | meaning |", "|---|---|---|---|"]
+    for field_name, info in model.model_fields.items():
+        if skip and field_name in skip:
+            continue
+        meaning = (info.description or "").replace("|", "\\|")
+        kind = _type_name(info).replace("|", "\\|")
+        lines.append(f"| `{field_name}` | `{kind}` | {_default(info)} | {meaning} |")
+    return [*lines, ""]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -144,6 +144,14 @@ class UpstreamError(MeshError):
         self.upstream_status = upstream_status
 
 
+class StreamCut(UpstreamError):
+    """A streamed answer broke after part of it reached the client (502): the stream ends with an
+    error event and the call is recorded as cut, charged for what was delivered."""
+
+    default_code = "stream_cut"
+    kind = "stream_cut"
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     default_code = "upstream_timeout"

@@ -75,6 +75,22 @@ def test_soak_benchmark_smoke(tmp_path: Path) -> None:
     assert results["rss_start_mb"] > 0 and results["rss_end_mb"] > 0
 
 
+def test_failover_benchmark_smoke(tmp_path: Path) -> None:
+    need("nginx")
+    # LiteLLM runs too when `litellm` is on PATH (like run.py's peers); only meshgate's side is asserted.
+    results = run_bench("failover.py", tmp_path / "failover.json", "--smoke")
+    phases = {(p["gateway"], p["phase"]): p for p in results["phases"]}
+    for phase in ("steady", "killed", "restarted"):
+        mine = phases[("meshgate", phase)]
+        assert mine["calls"] > 0
+        assert mine["errors"] == 0, mine["first_errors"]
+    assert set(phases[("meshgate", "steady")]["served"]) == {"up-a", "up-b"}
+    assert set(phases[("meshgate", "killed")]["served"]) == {"up-b"}  # A was down for all of it
+    for (gateway, _), phase in phases.items():
+        if gateway != "meshgate":
+            assert phase["calls"] > 0
+
+
 def test_local_quality_benchmark_smoke(tmp_path: Path) -> None:
     data = BENCH.parents[1] / "shared" / "data" / "xquad-en" / "xquad.en.json"
     if not data.is_file():

@@ -126,7 +126,7 @@ async def test_cut_stream_ends_with_an_error_event(proxy_client: AppClient) -> N
     assert status == 200
     assert "[DONE]" not in events
     last = json.loads(events[-1])
-    assert last["error"]["code"] == "upstream_error"
+    assert last["error"]["code"] == "stream_cut"
     assert "ended the stream early" in last["error"]["message"] or "failed" in last["error"]["message"]
     assert any(json.loads(e).get("choices") for e in events[:-1])
 
@@ -179,7 +179,7 @@ async def test_cut_stream_is_still_charged(proxy_client: AppClient) -> None:
     assert proxy_client.runtime.usage is not None and proxy_client.runtime.db is not None
     await proxy_client.runtime.usage.flush()
     row = await proxy_client.runtime.db.fetchone("SELECT * FROM usage WHERE id = ?", (request_id,))
-    assert row is not None and row["status"] == 502 and row["error_kind"] == "upstream_error"
+    assert row is not None and row["status"] == 502 and row["error_kind"] == "stream_cut"
     assert row["completion_tokens"] >= 1 and row["prompt_tokens"] >= 1
 
 

@@ -32,6 +32,7 @@ class TeamCreate(Struct, forbid_unknown_fields=True):
     budget_usd: Money | None = None
     budget_period: str | None = None
     models: list[str] = []
+    data_class: str | None = None  # public, internal, confidential or restricted; checked by the service
 
 
 class TeamUpdate(Struct, forbid_unknown_fields=True):
@@ -42,6 +43,7 @@ class TeamUpdate(Struct, forbid_unknown_fields=True):
     budget_usd: Money | UnsetType | None = UNSET
     budget_period: str | UnsetType | None = UNSET
     models: list[str] | UnsetType | None = UNSET
+    data_class: str | UnsetType | None = UNSET
 
 
 class KeyCreate(Struct, forbid_unknown_fields=True):
@@ -54,6 +56,7 @@ class KeyCreate(Struct, forbid_unknown_fields=True):
     budget_usd: Money | None = None
     budget_period: str | None = None
     expires_at: float | None = None
+    data_class: str | None = None
 
 
 def _service(request: Request) -> ControlService:
@@ -83,7 +86,10 @@ async def list_teams(request: Request) -> Response:
 async def create_team(request: Request) -> Response:
     body = await decode_request(request, TeamCreate, _limit(request))
     team = await _service(request).create_team(
-        body.name, Limits(body.rpm, body.tpm, body.budget_usd, body.budget_period), tuple(body.models)
+        body.name,
+        Limits(body.rpm, body.tpm, body.budget_usd, body.budget_period),
+        tuple(body.models),
+        data_class=body.data_class,
     )
     await _changed(request)
     return JSONBytesResponse(team.public(), status_code=201)
@@ -117,6 +123,7 @@ async def create_key(request: Request) -> Response:
         models=tuple(body.models),
         limits=Limits(body.rpm, body.tpm, body.budget_usd, body.budget_period),
         expires_at=body.expires_at,
+        data_class=body.data_class,
     )
     await _changed(request)
     return JSONBytesResponse({"key": created.key, **created.record.public()}, status_code=201)

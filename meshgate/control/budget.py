@@ -7,7 +7,9 @@ a budget.
 
 Amounts are integers of nano-dollars, so that counters add exactly. Each budget's spend starts,
 the first time a process sees it in a period, from the usage already recorded in the database.
-`MemoryLedger` serves one process; `RedisLedger` is shared by replicas.
+`MemoryLedger` serves one process; `RedisLedger` is shared by replicas. The pipeline reaches them
+through `meshgate.control.admission`, which on Redis runs the Lua below inside the rate limits'
+script (one round trip for both).
 """
 
 from __future__ import annotations
@@ -164,35 +166,84 @@ class MemoryLedger(BudgetLedger):
         return self._spent.get(slot, 0)
 
 
-# KEYS: one hash per slot (fields spent, reserved, epoch). ARGV: amount, ttl, epoch, then per
-# slot: limit, seed. A slot seen for the first time starts from its seed (usage already in the
-# database) and takes the epoch given; a seed of -1 means "not read yet": if such a slot is new to
-# Redis, {2} asks for the seeds and charges nothing. Admitted: {1, epoch of each slot}.
-_RESERVE = """
-local amount = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
-for i = 1, #KEYS do
-  if tonumber(ARGV[3 + 2 * i]) < 0 and redis.call('EXISTS', KEYS[i]) == 0 then return {2, i} end
+# The Lua of the budgets, as functions that meshgate/control/admission.py also runs inside its
+# script (rate limits and budgets in one round trip). Slot i is the hash KEYS[k+i] (fields spent,
+# reserved, epoch). ARGV[a+1] is the amount, ARGV[a+2] the slots' ttl, ARGV[a+3] an epoch, then
+# ARGV[a+2+2i] and ARGV[a+3+2i] slot i's limit and seed.
+#   bg_unseeded: the first slot whose seed is -1 ("not read yet") and that Redis does not hold, or
+#     false. Such a slot needs its seed (the usage already in the database) before anything counts.
+#   bg_reserve: a slot seen for the first time starts from its seed and takes the epoch given; then
+#     every slot is checked and, all having room, the amount is reserved in each. Appends to `out`
+#     {0, slot index, spent} when refused (nothing reserved), {1, epoch of each slot} when admitted.
+#   bg_settle: replaces a reservation by the real cost; ARGV[a+1] is the amount reserved, ARGV[a+2]
+#     the actual cost, ARGV[a+2+i] slot i's epoch at the reservation. A slot that is gone (Redis
+#     lost its data) is left alone: recreated here, it would hide the seed from bg_reserve. A slot
+#     seeded again since (another epoch) never held the reservation: only the cost is added there,
+#     or its other reservations would be released.
+LUA = """
+local function bg_unseeded(k, a, m)
+  for i = 1, m do
+    if tonumber(ARGV[a + 3 + 2 * i]) < 0 and redis.call('EXISTS', KEYS[k + i]) == 0 then return i end
+  end
+  return false
 end
-for i = 1, #KEYS do
-  if redis.call('HSETNX', KEYS[i], 'spent', ARGV[3 + 2 * i]) == 1 then
-    redis.call('HSET', KEYS[i], 'reserved', 0, 'epoch', ARGV[3])
-    redis.call('EXPIRE', KEYS[i], ttl)
+local function bg_reserve(k, a, m, out)
+  local amount = tonumber(ARGV[a + 1])
+  for i = 1, m do
+    if redis.call('HSETNX', KEYS[k + i], 'spent', ARGV[a + 3 + 2 * i]) == 1 then
+      redis.call('HSET', KEYS[k + i], 'reserved', 0, 'epoch', ARGV[a + 3])
+      redis.call('EXPIRE', KEYS[k + i], tonumber(ARGV[a + 2]))
+    end
+  end
+  for i = 1, m do
+    local limit = tonumber(ARGV[a + 2 + 2 * i])
+    local spent = tonumber(redis.call('HGET', KEYS[k + i], 'spent'))
+    local reserved = tonumber(redis.call('HGET', KEYS[k + i], 'reserved') or '0')
+    if spent + reserved + amount > limit then
+      out[#out + 1] = 0
+      out[#out + 1] = i
+      out[#out + 1] = spent
+      return out
+    end
+  end
+  out[#out + 1] = 1
+  for i = 1, m do
+    redis.call('HINCRBY', KEYS[k + i], 'reserved', amount)
+    out[#out + 1] = redis.call('HGET', KEYS[k + i], 'epoch') or ''
+  end
+  return out
+end
+local function bg_settle(k, a, m)
+  for i = 1, m do
+    if redis.call('EXISTS', KEYS[k + i]) == 1 then
+      if (redis.call('HGET', KEYS[k + i], 'epoch') or '') == (ARGV[a + 2 + i] or '') then
+        redis.call('HINCRBY', KEYS[k + i], 'reserved', -tonumber(ARGV[a + 1]))
+      end
+      redis.call('HINCRBY', KEYS[k + i], 'spent', tonumber(ARGV[a + 2]))
+    end
   end
 end
-for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 + 2 * i])
-  local spent = tonumber(redis.call('HGET', KEYS[i], 'spent'))
-  local reserved = tonumber(redis.call('HGET', KEYS[i], 'reserved') or '0')
-  if spent + reserved + amount > limit then return {0, i, spent} end
-end
-local admitted = {1}
-for i = 1, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'reserved', amount)
-  admitted[i + 1] = redis.call('HGET', KEYS[i], 'epoch') or ''
-end
-return admitted
 """
+
+# KEYS: the slots. ARGV: amount, ttl, epoch, then per slot: limit, seed. {2, slot index} asks for
+# the seeds and charges nothing; otherwise bg_reserve's answer.
+_RESERVE = (
+    LUA
+    + """
+local unseeded = bg_unseeded(0, 0, #KEYS)
+if unseeded then return {2, unseeded} end
+return bg_reserve(0, 0, #KEYS, {})
+"""
+)
+
+# KEYS: the reservation's slots. ARGV: amount reserved, actual cost, then each slot's epoch.
+_SETTLE = (
+    LUA
+    + """
+bg_settle(0, 0, #KEYS)
+return 1
+"""
+)
 
 
 class RedisLedger(BudgetLedger):
@@ -200,6 +251,7 @@ class RedisLedger(BudgetLedger):
         super().__init__(spent_since)
         import redis.asyncio as redis
 
+        self.url = url
         self._redis: Any = redis.from_url(url)
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
@@ -208,7 +260,9 @@ class RedisLedger(BudgetLedger):
         self._epoch_prefix = uuid.uuid4().hex[:12] + ":"
         self._epochs = itertools.count()
 
-    async def reserve(self, scopes: list[BudgetScope], amount: int) -> Reservation | BudgetRefusal:
+    def script_input(self, scopes: list[BudgetScope], amount: int) -> tuple[list[str], list[int | str], list[float]]:
+        """The KEYS and ARGV of `bg_unseeded` and `bg_reserve` (see LUA) for one reservation, every
+        seed still -1 (see `read_seeds`), and the start of each scope's period."""
         keys: list[str] = []
         args: list[int | str] = [amount, 0, f"{self._epoch_prefix}{next(self._epochs)}"]
         longest = 0.0
@@ -220,18 +274,33 @@ class RedisLedger(BudgetLedger):
             starts.append(start)
             longest = max(longest, end - start)
         args[1] = int(longest) + 86400
-        # One round trip when every slot is known to Redis; the seeds (a database query) are read
-        # only when the script says a slot is new (a new period, or a Redis that lost its data).
-        result = await self._reserve(keys=keys, args=args)
-        if int(result[0]) == 2:
-            for i, (scope, start) in enumerate(zip(scopes, starts, strict=True)):
-                args[4 + 2 * i] = to_nano(await self.spent_since(scope, start))
-            result = await self._reserve(keys=keys, args=args)
+        return keys, args, starts
+
+    async def read_seeds(self, scopes: list[BudgetScope], starts: list[float], args: list[int | str]) -> None:
+        """Put each slot's seed, the usage already recorded in its period, in `args`."""
+        for i, (scope, start) in enumerate(zip(scopes, starts, strict=True)):
+            args[4 + 2 * i] = to_nano(await self.spent_since(scope, start))
+
+    @staticmethod
+    def outcome(
+        scopes: list[BudgetScope], keys: list[str], amount: int, result: list[Any]
+    ) -> Reservation | BudgetRefusal:
+        """A reservation or a refusal from bg_reserve's answer."""
         if int(result[0]) == 0:
             scope = scopes[int(result[1]) - 1]
             return BudgetRefusal(scope, int(result[2]) / NANO, period_bounds(scope.period)[2])
         epochs = tuple(e.decode() if isinstance(e, bytes) else str(e) for e in result[1:])
         return Reservation(tuple(keys), amount, epochs)
+
+    async def reserve(self, scopes: list[BudgetScope], amount: int) -> Reservation | BudgetRefusal:
+        keys, args, starts = self.script_input(scopes, amount)
+        # One round trip when every slot is known to Redis; the seeds (a database query) are read
+        # only when the script says a slot is new (a new period, or a Redis that lost its data).
+        result = await self._reserve(keys=keys, args=args)
+        if int(result[0]) == 2:
+            await self.read_seeds(scopes, starts, args)
+            result = await self._reserve(keys=keys, args=args)
+        return self.outcome(scopes, keys, amount, result)
 
     async def settle(self, reservation: Reservation, actual: int) -> None:
         slots, amount, epochs = reservation.slots, reservation.amount, reservation.epochs
@@ -250,20 +319,3 @@ class RedisLedger(BudgetLedger):
     async def close(self) -> None:
         await self._settlements.flush()
         await self._redis.aclose()
-
-
-# KEYS: the reservation's slots. ARGV: amount reserved, actual cost, then each slot's epoch at the
-# reservation. A slot that is gone (Redis lost its data) is left alone: recreated here, it would
-# hide the seed from reserve. A slot seeded again since (another epoch) never held the reservation:
-# only the cost is added there, or its other reservations would be released.
-_SETTLE = """
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    if (redis.call('HGET', KEYS[i], 'epoch') or '') == (ARGV[2 + i] or '') then
-      redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[1]))
-    end
-    redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[2]))
-  end
-end
-return 1
-"""

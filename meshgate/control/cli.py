@@ -17,6 +17,7 @@ import click
 from meshgate.cli_options import settings_options
 from meshgate.control.records import PERIODS, KeyRecord, Limits
 from meshgate.control.service import ControlService
+from meshgate.data_classes import DATA_CLASSES, DEFAULT_DATA_CLASS
 from meshgate.errors import ConfigError, MeshError
 from meshgate.observe.audit import AuditLog, Signer, export, verify
 from meshgate.observe.audit_anchor import default_anchor
@@ -89,6 +90,30 @@ def _limit_options(clearable: bool) -> Callable[[Callable[..., Any]], Callable[.
 #: Limits for `create`; `update` also takes `none` to clear one.
 limit_options = _limit_options(clearable=False)
 clearable_limit_options = _limit_options(clearable=True)
+
+_DATA_CLASS_HELP = (
+    "How sensitive its data is; a request's x-meshgate-data-class header may raise it, never lower it "
+    f"(unset: the team's class, else {DEFAULT_DATA_CLASS})."
+)
+
+#: --data-class for `create`.
+data_class_option = click.option(
+    "--data-class",
+    "data_class",
+    type=click.Choice(DATA_CLASSES, case_sensitive=False),
+    default=None,
+    help=_DATA_CLASS_HELP,
+)
+
+#: --data-class for `update`: also `none`, which clears it.
+clearable_data_class_option = click.option(
+    "--data-class",
+    "data_class",
+    default=None,
+    callback=_or_none(click.Choice(DATA_CLASSES, case_sensitive=False)),
+    metavar=f"[{'|'.join(DATA_CLASSES)}|none]",
+    help=_DATA_CLASS_HELP + " `none` clears it.",
+)
 
 
 def _models(text: str | None) -> tuple[str, ...]:
@@ -173,6 +198,7 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
     @keys.command("create")
     @store_options
     @limit_options
+    @data_class_option
     @click.option("--team", required=True, help="The key's team (created if it does not exist).")
     @click.option("--name", default=None, help="A unique name (default: TEAM-xxxx).")
     @click.option("--role", type=click.Choice(["admin", "developer", "app"]), default="developer", show_default=True)
@@ -188,6 +214,7 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
         budget_usd: float | None,
         budget_period: str | None,
         expires: str | None,
+        data_class: str | None,
         **store: Any,
     ) -> None:
         """Create a key; prints it once on stdout."""
@@ -203,6 +230,7 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
                 models=_models(models),
                 limits=Limits(rpm, tpm, budget_usd, budget_period),
                 expires_at=expiry,
+                data_class=data_class,
             ),
         )
         _print_created(created.key, created.record)
@@ -231,6 +259,7 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
                         "tpm",
                         "budget_usd",
                         "budget_period",
+                        "data_class",
                         "expires_at",
                         "revoked_at",
                         "hint",
@@ -358,6 +387,7 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
     @teams.command("create")
     @store_options
     @limit_options
+    @data_class_option
     @click.argument("name")
     def teams_create(
         config_path: str | None,
@@ -367,6 +397,7 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
         tpm: int | None,
         budget_usd: float | None,
         budget_period: str | None,
+        data_class: str | None,
         **store: Any,
     ) -> None:
         """Create a team."""
@@ -374,13 +405,16 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
             load,
             config_path,
             store,
-            lambda s: s.create_team(name, Limits(rpm, tpm, budget_usd, budget_period), _models(models)),
+            lambda s: s.create_team(
+                name, Limits(rpm, tpm, budget_usd, budget_period), _models(models), data_class=data_class
+            ),
         )
         click.echo(f"created team {team.name}")
 
     @teams.command("update")
     @store_options
     @clearable_limit_options
+    @clearable_data_class_option
     @click.argument("name")
     def teams_update(
         config_path: str | None,
@@ -390,10 +424,18 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
         tpm: int | None,
         budget_usd: float | None,
         budget_period: str | None,
+        data_class: str | None,
         **store: Any,
     ) -> None:
-        """Change a team's limits or models (only the options given); `--rpm none` clears a limit."""
-        given = {"rpm": rpm, "tpm": tpm, "budget_usd": budget_usd, "budget_period": budget_period}
+        """Change a team's limits, models or data class (only the options given); `--rpm none` clears a
+        limit, `--data-class none` the class."""
+        given = {
+            "rpm": rpm,
+            "tpm": tpm,
+            "budget_usd": budget_usd,
+            "budget_period": budget_period,
+            "data_class": data_class,
+        }
         changes: dict[str, Any] = {k: None if v is CLEAR else v for k, v in given.items() if v is not None}
         if models is not None:
             changes["models"] = _models(models)
@@ -409,4 +451,4 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
         click.echo(json.dumps(rows, indent=2) if fmt == "json" else _table(rows, TEAM_COLUMNS))
 
 
-TEAM_COLUMNS = ["name", "models", "rpm", "tpm", "budget_usd", "budget_period", "created_at"]
+TEAM_COLUMNS = ["name", "models", "rpm", "tpm", "budget_usd", "budget_period", "data_class", "created_at"]

@@ -23,9 +23,13 @@ from meshgate.control.grants import ROLES, Grant, allowed, matches_any
 from meshgate.control.oidc import InvalidToken, OidcVerifier, looks_like_jwt
 from meshgate.control.records import KEY_PREFIX, KeyRecord, Limits, TeamRecord, hash_key
 from meshgate.control.service import ControlService
-from meshgate.errors import MeshError
+from meshgate.data_classes import DEFAULT_DATA_CLASS, data_class_problem, stricter
+from meshgate.errors import InvalidRequest, MeshError
 
 log = logging.getLogger("meshgate.control")
+
+#: The request header that may raise a call's data class above its key's (never lower it).
+DATA_CLASS_HEADER = "x-meshgate-data-class"
 
 #: One message for unknown, wrong, revoked and expired keys and bad tokens: a caller learns nothing from it.
 REFUSED = "Incorrect API key provided."
@@ -76,6 +80,8 @@ class Principal:
     key_limits: Limits = field(default_factory=Limits)
     team_limits: Limits = field(default_factory=Limits)
     expires_at: float | None = None
+    #: The stricter of the key's and the team's data class; None when neither carries one.
+    data_class: str | None = None
 
 
 #: The caller when authentication is switched off (`--no-auth`, loopback only).
@@ -94,7 +100,24 @@ def _principal(key: KeyRecord, team: TeamRecord | None) -> Principal:
         key_limits=key.limits,
         team_limits=team.limits if team else Limits(),
         expires_at=key.expires_at,
+        data_class=stricter(key.data_class, team.data_class if team else None),
     )
+
+
+def call_data_class(principal: Principal | None, header: str | None) -> str:
+    """The data class of one call: the stricter of its principal's class (DEFAULT_DATA_CLASS when
+    neither key nor team carries one) and the `x-meshgate-data-class` header, which can raise the
+    class but never lower it. A header that names no data class is a 400."""
+    own = (principal.data_class if principal is not None else None) or DEFAULT_DATA_CLASS
+    if header is None:
+        return own
+    asked = header.strip().lower()  # header values are matched without regard to case or padding
+    if data_class_problem(asked) is not None:
+        shown = header if len(header) <= 40 else header[:40] + "…"
+        raise InvalidRequest(
+            f"{DATA_CLASS_HEADER}: {data_class_problem(shown)}", param=DATA_CLASS_HEADER, code="invalid_value"
+        )
+    return stricter(own, asked) or own
 
 
 class KeyStore:
@@ -272,6 +295,7 @@ class Policy:
             grants=ROLES[role],
             team_models=team.models if team else (),
             team_limits=team.limits if team else Limits(),
+            data_class=team.data_class if team else None,
         )
 
     @staticmethod

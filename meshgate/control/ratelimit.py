@@ -7,6 +7,8 @@ front and corrected with the real usage when the call ends.
 
 Two backends: `MemoryLimiter` (one process; each check runs without an await, so it is atomic on
 the event loop) and `RedisLimiter` (several replicas; one Lua script checks and charges atomically).
+The pipeline does not call them directly: `meshgate.control.admission` decides a call's rate limits
+and budgets together (on Redis, the Lua below and the budget's in one script: one round trip).
 """
 
 from __future__ import annotations
@@ -124,48 +126,76 @@ class MemoryLimiter(RateLimiter):
             self._tokens[scope.name] = max(self._tokens.get(scope.name, 0) + delta, 0)
 
 
-# KEYS: for each scope, its request counter then its token counter.
-# ARGV: ttl, tokens, then for each scope its rpm and tpm (-1 = no limit).
-# Returns {1, r1, t1, r2, t2, ...} when admitted, {0, scope index, 1=requests|2=tokens} when refused.
-_ACQUIRE = """
-local ttl = tonumber(ARGV[1])
-local cost = tonumber(ARGV[2])
-local n = #KEYS / 2
-for i = 1, n do
-  local rpm = tonumber(ARGV[1 + 2 * i])
-  local tpm = tonumber(ARGV[2 + 2 * i])
-  if rpm >= 0 and tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0') + 1 > rpm then return {0, i, 1} end
-  if tpm >= 0 and tonumber(redis.call('GET', KEYS[2 * i]) or '0') + cost > tpm then return {0, i, 2} end
+# The Lua of the rate limits, as functions that meshgate/control/admission.py also runs inside its
+# script (rate limits and budgets in one round trip). Scope i has its request counter at KEYS[k+2i-1]
+# and its token counter at KEYS[k+2i]; ARGV[a+1] is the counters' ttl, ARGV[a+2] the request's
+# worst-case tokens, ARGV[a+1+2i] and ARGV[a+2+2i] scope i's rpm and tpm (-1 = no limit).
+#   rl_check: the first refusal, {0, scope index, 1=requests|2=tokens}, or false; charges nothing.
+#   rl_charge: charges every scope; appends each scope's requests and tokens (after it) to `out`.
+#   rl_correct: adds ARGV[a+1] to the n token counters at KEYS[k+i]. A counter Redis lost is left
+#     alone (recreated below zero it would admit more than the limit for the rest of its window),
+#     and none goes below zero.
+LUA = """
+local function rl_check(k, a, n)
+  local cost = tonumber(ARGV[a + 2])
+  for i = 1, n do
+    local rpm = tonumber(ARGV[a + 1 + 2 * i])
+    local tpm = tonumber(ARGV[a + 2 + 2 * i])
+    if rpm >= 0 and tonumber(redis.call('GET', KEYS[k + 2 * i - 1]) or '0') + 1 > rpm then return {0, i, 1} end
+    if tpm >= 0 and tonumber(redis.call('GET', KEYS[k + 2 * i]) or '0') + cost > tpm then return {0, i, 2} end
+  end
+  return false
 end
-local result = {1}
-for i = 1, n do
-  local r = redis.call('INCR', KEYS[2 * i - 1])
-  local t = redis.call('INCRBY', KEYS[2 * i], cost)
-  redis.call('EXPIRE', KEYS[2 * i - 1], ttl)
-  redis.call('EXPIRE', KEYS[2 * i], ttl)
-  result[2 * i] = r
-  result[2 * i + 1] = t
+local function rl_charge(k, a, n, out)
+  local ttl = tonumber(ARGV[a + 1])
+  local cost = tonumber(ARGV[a + 2])
+  for i = 1, n do
+    local r = redis.call('INCR', KEYS[k + 2 * i - 1])
+    local t = redis.call('INCRBY', KEYS[k + 2 * i], cost)
+    redis.call('EXPIRE', KEYS[k + 2 * i - 1], ttl)
+    redis.call('EXPIRE', KEYS[k + 2 * i], ttl)
+    out[#out + 1] = r
+    out[#out + 1] = t
+  end
+  return out
 end
-return result
-"""
-
-
-# KEYS: token counters; ARGV: delta. A counter Redis lost is left alone (recreated below zero it
-# would admit more than the limit for the rest of its window), and none goes below zero.
-_CORRECT = """
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    if redis.call('INCRBY', KEYS[i], ARGV[1]) < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
+local function rl_correct(k, a, n)
+  for i = 1, n do
+    if redis.call('EXISTS', KEYS[k + i]) == 1 then
+      if redis.call('INCRBY', KEYS[k + i], ARGV[a + 1]) < 0 then redis.call('SET', KEYS[k + i], 0, 'KEEPTTL') end
+    end
   end
 end
+"""
+
+# KEYS: for each scope, its request counter then its token counter. ARGV: ttl, tokens, then for
+# each scope its rpm and tpm. Returns {1, r1, t1, r2, t2, ...} when admitted, rl_check's refusal
+# when refused.
+_ACQUIRE = (
+    LUA
+    + """
+local n = #KEYS / 2
+local refused = rl_check(0, 0, n)
+if refused then return refused end
+return rl_charge(0, 0, n, {1})
+"""
+)
+
+# KEYS: token counters; ARGV: delta.
+_CORRECT = (
+    LUA
+    + """
+rl_correct(0, 0, #KEYS)
 return 1
 """
+)
 
 
 class RedisLimiter(RateLimiter):
     def __init__(self, url: str, prefix: str = "meshgate:rl") -> None:
         import redis.asyncio as redis
 
+        self.url = url
         self._redis: Any = redis.from_url(url)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._correct = self._redis.register_script(_CORRECT)
@@ -178,18 +208,18 @@ class RedisLimiter(RateLimiter):
             keys += [f"{self.prefix}:{window}:{scope.name}:r", f"{self.prefix}:{window}:{scope.name}:t"]
         return keys
 
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except Exception:
-            return False
-
-    async def acquire(self, scopes: list[Scope], tokens: int) -> Decision:
+    def script_input(self, scopes: list[Scope], tokens: int) -> tuple[int, float, list[str], list[int]]:
+        """The current window, the seconds left in it, and the KEYS and ARGV of `rl_check` and
+        `rl_charge` (see LUA) for one request."""
         window, reset = current_window()
         args: list[int] = [WINDOW * 2, tokens]
         for scope in scopes:
             args += [scope.rpm if scope.rpm is not None else -1, scope.tpm if scope.tpm is not None else -1]
-        result = await self._acquire(keys=self._keys(scopes, window), args=args)
+        return window, reset, self._keys(scopes, window), args
+
+    @staticmethod
+    def decision(scopes: list[Scope], window: int, reset: float, result: list[Any]) -> Decision:
+        """A Decision from the script's answer: rl_check's refusal, or {1, r1, t1, ...}."""
         if int(result[0]) == 0:
             refused = scopes[int(result[1]) - 1]
             return Decision(False, window, reset, (), refused, "requests" if int(result[2]) == 1 else "tokens")
@@ -198,10 +228,27 @@ class RedisLimiter(RateLimiter):
         )
         return Decision(True, window, reset, states)
 
-    async def adjust(self, scopes: list[Scope], window: int, delta: int) -> None:
+    def correction_keys(self, scopes: list[Scope], window: int, delta: int) -> list[str] | None:
+        """The token counters a correction of `delta` applies to, or None when there is nothing to
+        correct or that window is over (its keys may be gone)."""
         if delta == 0 or window != current_window()[0]:
-            return  # nothing to correct, or that window is over (its keys may be gone)
-        keys = self._keys(scopes, window)[1::2]
+            return None
+        return self._keys(scopes, window)[1::2]
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except Exception:
+            return False
+
+    async def acquire(self, scopes: list[Scope], tokens: int) -> Decision:
+        window, reset, keys, args = self.script_input(scopes, tokens)
+        return self.decision(scopes, window, reset, await self._acquire(keys=keys, args=args))
+
+    async def adjust(self, scopes: list[Scope], window: int, delta: int) -> None:
+        keys = self.correction_keys(scopes, window, delta)
+        if keys is None:
+            return
 
         def commands(pipe: Any) -> Awaitable[Any]:
             return self._correct(keys=keys, args=[delta], client=pipe)

@@ -44,6 +44,7 @@ class TeamRecord:
     limits: Limits
     models: tuple[str, ...]
     created_at: float
+    data_class: str | None = None  # see meshgate/data_classes.py; None: not set
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> TeamRecord:
@@ -52,6 +53,7 @@ class TeamRecord:
             limits=Limits(row["rpm"], row["tpm"], row["budget_usd"], row["budget_period"]),
             models=tuple(json.loads(row["models"] or "[]")),
             created_at=row["created_at"],
+            data_class=row.get("data_class"),
         )
 
     def public(self) -> dict[str, Any]:
@@ -63,6 +65,7 @@ class TeamRecord:
             "tpm": self.limits.tpm,
             "budget_usd": self.limits.budget_usd,
             "budget_period": self.limits.budget_period,
+            "data_class": self.data_class,
             "created_at": self.created_at,
         }
 
@@ -80,6 +83,7 @@ class KeyRecord:
     expires_at: float | None
     revoked_at: float | None
     created_at: float
+    data_class: str | None = None  # see meshgate/data_classes.py; None: not set
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> KeyRecord:
@@ -95,6 +99,7 @@ class KeyRecord:
             expires_at=row["expires_at"],
             revoked_at=row["revoked_at"],
             created_at=row["created_at"],
+            data_class=row.get("data_class"),
         )
 
     def public(self) -> dict[str, Any]:
@@ -110,6 +115,7 @@ class KeyRecord:
             "tpm": self.limits.tpm,
             "budget_usd": self.limits.budget_usd,
             "budget_period": self.limits.budget_period,
+            "data_class": self.data_class,
             "expires_at": self.expires_at,
             "revoked_at": self.revoked_at,
             "created_at": self.created_at,

@@ -14,6 +14,7 @@ from typing import Any
 
 from meshgate.control.grants import ROLES
 from meshgate.control.records import PERIODS, KeyRecord, Limits, TeamRecord, hash_key, new_key, new_key_id
+from meshgate.data_classes import data_class_problem
 from meshgate.errors import InvalidRequest, MeshError
 from meshgate.names import NAME_MAX, name_problem
 from meshgate.observe.audit import AuditEvent, AuditLog
@@ -60,6 +61,14 @@ def check_limits(limits: Limits) -> None:
         raise InvalidRequest("a budget needs a period (day, week or month)", param="budget_period")
 
 
+def check_data_class(data_class: str | None) -> None:
+    """A 400 `invalid_value` on `data_class` unless it is None (not set) or a data class."""
+    if data_class is not None:
+        problem = data_class_problem(data_class)
+        if problem is not None:
+            raise InvalidRequest(problem, param="data_class", code="invalid_value")
+
+
 def check_models(models: tuple[str, ...]) -> tuple[str, ...]:
     patterns = tuple(m.strip() for m in models if m.strip())
     return () if patterns in ((), ("*",)) else patterns
@@ -88,16 +97,19 @@ class ControlService:
 
     # -- teams ---------------------------------------------------------------------------------
 
-    async def create_team(self, name: str, limits: Limits, models: tuple[str, ...] = ()) -> TeamRecord:
+    async def create_team(
+        self, name: str, limits: Limits, models: tuple[str, ...] = (), data_class: str | None = None
+    ) -> TeamRecord:
         check_name("team name", name, "name")
         check_limits(limits)
+        check_data_class(data_class)
         now = time.time()
         async with self.db.transaction() as tx:
             if await tx.fetchone("SELECT name FROM teams WHERE name = ?", (name,)):
                 raise Conflict(f"team {name!r} already exists", param="name")
             await tx.execute(
-                "INSERT INTO teams (name, rpm, tpm, budget_usd, budget_period, models, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO teams (name, rpm, tpm, budget_usd, budget_period, models, data_class, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     limits.rpm,
@@ -105,6 +117,7 @@ class ControlService:
                     limits.budget_usd,
                     limits.budget_period,
                     json.dumps(list(check_models(models))),
+                    data_class,
                     now,
                     now,
                 ),
@@ -117,7 +130,7 @@ class ControlService:
     async def update_team(self, name: str, changes: dict[str, Any]) -> TeamRecord:
         """Change the fields in `changes`; a limit given as None is cleared (no limit). Clearing the
         budget clears its period too, unless the period is given as well. `models` None or () means
-        all models."""
+        all models; `data_class` None clears the team's class (the default applies)."""
         current = await self.get_team(name)
         if "budget_usd" in changes and changes["budget_usd"] is None and "budget_period" not in changes:
             changes = {**changes, "budget_period": None}
@@ -129,16 +142,19 @@ class ControlService:
         )
         check_limits(limits)
         models = check_models(tuple(changes["models"] or ())) if "models" in changes else current.models
+        data_class = changes.get("data_class", current.data_class)
+        check_data_class(data_class)
         async with self.db.transaction() as tx:
             await tx.execute(
-                "UPDATE teams SET rpm = ?, tpm = ?, budget_usd = ?, budget_period = ?, models = ?, updated_at = ? "
-                "WHERE name = ?",
+                "UPDATE teams SET rpm = ?, tpm = ?, budget_usd = ?, budget_period = ?, models = ?, data_class = ?, "
+                "updated_at = ? WHERE name = ?",
                 (
                     limits.rpm,
                     limits.tpm,
                     limits.budget_usd,
                     limits.budget_period,
                     json.dumps(list(models)),
+                    data_class,
                     time.time(),
                     name,
                 ),
@@ -169,11 +185,13 @@ class ControlService:
         limits: Limits | None = None,
         expires_at: float | None = None,
         create_team: bool = True,
+        data_class: str | None = None,
     ) -> CreatedKey:
         limits = limits or Limits()
         if role not in ROLES:
             raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
         check_limits(limits)
+        check_data_class(data_class)
         if expires_at is not None and expires_at <= time.time():
             raise InvalidRequest("the expiry date is in the past", param="expires_at")
         if name is not None:
@@ -192,7 +210,8 @@ class ControlService:
                 raise Conflict(f"a key named {name!r} already exists", param="name")
             await tx.execute(
                 "INSERT INTO api_keys (id, name, team, role, key_hash, hint, models, rpm, tpm, budget_usd, "
-                "budget_period, expires_at, revoked_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "budget_period, data_class, expires_at, revoked_at, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key_id,
                     name,
@@ -205,6 +224,7 @@ class ControlService:
                     limits.tpm,
                     limits.budget_usd,
                     limits.budget_period,
+                    data_class,
                     expires_at,
                     None,
                     time.time(),
@@ -256,5 +276,16 @@ class ControlService:
 def _key_detail(key: KeyRecord) -> dict[str, Any]:
     """What the audit log keeps of a key: never its secret or hash."""
     public = key.public()
-    fields = ("name", "team", "role", "models", "rpm", "tpm", "budget_usd", "budget_period", "expires_at")
+    fields = (
+        "name",
+        "team",
+        "role",
+        "models",
+        "rpm",
+        "tpm",
+        "budget_usd",
+        "budget_period",
+        "data_class",
+        "expires_at",
+    )
     return {k: public[k] for k in fields}

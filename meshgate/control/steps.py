@@ -1,20 +1,24 @@
-"""The control steps of the call pipeline: authorize the model, reserve rate limits and budget."""
+"""The control steps of the call pipeline: authorize the model, reserve rate limits and budget.
+
+"rate-limit" and "budget" share one `Admission` (control/admission.py): the first of them with
+something to check decides both in one go (one Redis round trip with replicas), and each raises
+its own refusal, so that audit records and errors read as before.
+"""
 
 from __future__ import annotations
 
-import logging
 import math
 import time
+from dataclasses import dataclass
 
-from meshgate.control.budget import NANO, BudgetLedger, BudgetRefusal, BudgetScope, Reservation, to_nano
+from meshgate.control.admission import Admission, Verdict
+from meshgate.control.budget import NANO, BudgetRefusal, BudgetScope, Reservation, to_nano
 from meshgate.control.policy import Policy, Principal
-from meshgate.control.ratelimit import Decision, RateLimiter, Scope
+from meshgate.control.ratelimit import Scope
 from meshgate.errors import BudgetExceeded, MeshError, RateLimited
 from meshgate.gateway.capabilities import REFUSED, refused
 from meshgate.gateway.pipeline import ORDER_AUTHORIZE, ORDER_LIMITS, Call, Step
 from meshgate.protocol import ChatCompletionRequest, message_text
-
-log = logging.getLogger("meshgate.control")
 
 #: Output tokens assumed when neither the request nor the model's profile bounds them.
 DEFAULT_OUTPUT_ESTIMATE = 4096
@@ -70,19 +74,61 @@ def scopes_for(principal: Principal, call: Call) -> list[Scope]:
     return scopes
 
 
+#: Where the steps leave what they admitted (a Ticket) in `call.notes`.
+ADMISSION = "admission"
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What a call was admitted with, for the correction after it."""
+
+    owner: str  # the step that asked (and corrects after the call)
+    scopes: list[Scope]
+    estimate: int  # worst-case tokens charged
+    amount: int  # worst-case nano-dollars reserved in each budget
+    verdict: Verdict
+
+
+def budget_request(call: Call, prompt: int, output: int) -> tuple[list[BudgetScope], int]:
+    """The budgets a call falls under and its worst-case cost in nano-dollars ([] for a free model)."""
+    scopes = budget_scopes(call.principal)
+    if not scopes:
+        return [], 0
+    assert call.model is not None
+    price = call.model.config.price
+    if not (price.input or price.output):
+        return [], 0  # free models (local ones) cannot spend a budget
+    return scopes, to_nano((prompt * price.input + output * price.output) / 1_000_000)
+
+
+async def correct(admission: Admission, call: Call, ticket: Ticket) -> None:
+    """Correct the token charge with the real usage and settle the budget with the real cost, in
+    one go (one script call on Redis, most often after the response: see control/admission.py)."""
+    reservation = ticket.verdict.budget if isinstance(ticket.verdict.budget, Reservation) else None
+    used = call.prompt_tokens + call.completion_tokens
+    decision = ticket.verdict.decision
+    await admission.correct(ticket.scopes, decision, used - ticket.estimate, reservation, to_nano(call.cost_usd))
+
+
 class RateLimit(Step):
+    """Charge the rate limits; with them, reserve the budgets (the budget step raises their refusal)."""
+
     name = "rate-limit"
     order = ORDER_LIMITS
 
-    def __init__(self, limiter: RateLimiter) -> None:
-        self.limiter = limiter
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
 
     async def before(self, call: Call) -> None:
         scopes = scopes_for(call.principal, call)
         if not scopes:
-            return
-        estimate = worst_case_tokens(call)
-        decision = await self.limiter.acquire(scopes, estimate)
+            return  # the budget step decides alone
+        prompt, output = worst_case(call)
+        estimate = prompt + output
+        budgets, amount = budget_request(call, prompt, output)
+        verdict = await self.admission.admit(scopes, estimate, budgets, amount)
+        decision = verdict.decision
+        assert decision is not None
         if not decision.admitted:
             assert decision.refused_scope is not None
             scope = decision.refused_scope
@@ -96,18 +142,13 @@ class RateLimit(Step):
             )
             raise refused(call, error)
         call.response_headers.update(decision.headers())
-        call.notes["rate_limit"] = (scopes, decision, estimate)
+        call.notes[ADMISSION] = Ticket(self.name, scopes, estimate, amount, verdict)
 
     async def after(self, call: Call) -> None:
-        reserved: tuple[list[Scope], Decision, int] | None = call.notes.get("rate_limit")
-        if reserved is None:
-            return
-        scopes, decision, estimate = reserved
-        used = call.prompt_tokens + call.completion_tokens
-        try:
-            await self.limiter.adjust(scopes, decision.window, used - estimate)
-        except Exception as exc:  # the limit errs on the safe side (over-counted) until the window ends
-            log.warning("rate limit: correcting the token charge failed (%s)", type(exc).__name__)
+        # After the budget step's `after` (descending order), which zeroes a refused call's usage.
+        ticket: Ticket | None = call.notes.get(ADMISSION)
+        if ticket is not None and ticket.owner == self.name:
+            await correct(self.admission, call, ticket)
 
 
 def budget_scopes(principal: Principal) -> list[BudgetScope]:
@@ -126,31 +167,29 @@ class Budget(Step):
     name = "budget"
     order = ORDER_LIMITS + 50
 
-    def __init__(self, ledger: BudgetLedger) -> None:
-        self.ledger = ledger
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
 
     async def before(self, call: Call) -> None:
-        scopes = budget_scopes(call.principal)
-        if not scopes:
-            return
-        assert call.model is not None
-        price = call.model.config.price
-        if not (price.input or price.output):
-            return  # free models (local ones) cannot spend a budget
-        prompt, output = worst_case(call)
-        amount = to_nano((prompt * price.input + output * price.output) / 1_000_000)
-        outcome = await self.ledger.reserve(scopes, amount)
+        ticket: Ticket | None = call.notes.get(ADMISSION)
+        if ticket is None:  # no rate limit: reserve here
+            prompt, output = worst_case(call)
+            budgets, amount = budget_request(call, prompt, output)
+            if not budgets:
+                return
+            ticket = Ticket(self.name, [], 0, amount, await self.admission.admit([], 0, budgets, amount))
+            call.notes[ADMISSION] = ticket
+        outcome = ticket.verdict.budget
         if isinstance(outcome, BudgetRefusal):
             scope = outcome.scope
             wait = max(1, math.ceil(outcome.reset_at - time.time()))
             error = BudgetExceeded(
                 f"The {scope.kind} `{scope.name}` has spent ${outcome.spent_usd:.4f} of its "
                 f"${scope.limit_usd:g} {PERIOD_ADJECTIVE.get(scope.period, scope.period)} budget; this request "
-                f"could cost up to ${amount / NANO:.4f}. The budget renews in {wait}s.",
+                f"could cost up to ${ticket.amount / NANO:.4f}. The budget renews in {wait}s.",
                 retry_after=wait,
             )
             raise refused(call, error)
-        call.notes["budget"] = outcome
 
     async def after(self, call: Call) -> None:
         if REFUSED in call.notes:
@@ -159,10 +198,6 @@ class Budget(Step):
             # those of the rate limit, usage, audit and metrics steps, so they all see $0.
             call.prompt_tokens = call.completion_tokens = 0
             call.cost_usd = 0.0
-        reservation: Reservation | None = call.notes.get("budget")
-        if reservation is None:
-            return
-        try:
-            await self.ledger.settle(reservation, to_nano(call.cost_usd))
-        except Exception as exc:  # the reservation stays counted: errs on the side of the budget
-            log.warning("budget: settling failed (%s)", type(exc).__name__)
+        ticket: Ticket | None = call.notes.get(ADMISSION)
+        if ticket is not None and ticket.owner == self.name:
+            await correct(self.admission, call, ticket)

@@ -18,7 +18,15 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from meshgate.errors import ClientDisconnected, InvalidRequest, MeshError, ModelNotFound
+from meshgate.errors import (
+    ClientDisconnected,
+    InvalidRequest,
+    MeshError,
+    ModelNotFound,
+    RetryLater,
+    StreamCut,
+    UpstreamError,
+)
 from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest, message_text
 from meshgate.providers.base import CallContext, ChatModel, EmbeddingInput, EmbeddingModel, Embeddings, Model
 from meshgate.providers.streaming import Valve, relay
@@ -55,6 +63,17 @@ class Call:
     #: Stream chunks that carried output: about a token each, for a stream that ends without usage.
     streamed_pieces: int = 0
     cache_hit: bool = False
+    #: How the cache answered ("hit" | "semantic-hit" | "miss" | "bypass"), None when it is off;
+    #: and, on a hit, the upstream cost the replayed answer saved.
+    cache: str | None = None
+    cost_saved_usd: float = 0.0
+    #: A stored answer a `before` step (the cache) hands the pipeline to serve instead of calling
+    #: the model: the completion dict, or a stream's list of chunks.
+    replay: Any = None
+    #: Set by a step that needs the fresh answer in its `after` (the cache); the pipeline then keeps
+    #: it in `answer`: the completion dict, or a shallow copy of each chunk as it was delivered.
+    keep_answer: bool = False
+    answer: Any = None
     status: int = 200
     error: MeshError | None = None
     #: Extra response headers steps want to send (rate-limit headers, for example).
@@ -94,7 +113,7 @@ class Call:
             self.prompt_tokens = self.ctx.prompt_tokens or (estimate_prompt_tokens(self.request) if self.model else 0)
             self.completion_tokens = max(self.ctx.completion_tokens, self.streamed_pieces)
         if self.model is not None:
-            price = self.model.config.price
+            price = (self.ctx.served_by or self.model).config.price
             self.cost_usd = (self.prompt_tokens * price.input + self.completion_tokens * price.output) / 1_000_000
 
 
@@ -177,8 +196,14 @@ class Pipeline:
     async def complete(self, call: Call) -> dict[str, Any]:
         assert isinstance(call.request, ChatCompletionRequest)
         async with self._calling(call, ChatModel) as model:
-            result = await model.complete(call.request, call.context())
+            if call.replay is None:
+                result = await model.complete(call.request, call.context())
+                _served(call, model)
+            else:
+                result = call.replay
             call.first_token_at = time.monotonic()
+            if call.keep_answer:
+                call.answer = result
             usage = result.get("usage") or {}
             call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             call.completion_tokens = int(usage.get("completion_tokens") or 0)
@@ -195,11 +220,15 @@ class Pipeline:
         assert isinstance(call.request, ChatCompletionRequest)
         call.stream = True
         async with self._calling(call, ChatModel) as model:
-            chunks = model.stream(call.request, call.context())
+            replay = call.replay
+            chunks = model.stream(call.request, call.context()) if replay is None else _replayed(replay)
             pieces: list[str] | None = [] if self.capture_content else None
+            kept: list[dict[str, Any]] | None = [] if call.keep_answer else None
             deliver = sink.deliver
 
             def take(chunk: dict[str, Any]) -> None:
+                if kept is not None:
+                    kept.append(dict(chunk))  # before the sink's encoder edits it
                 if _has_output(chunk):
                     call.streamed_pieces += 1
                     if pieces is not None:
@@ -214,22 +243,50 @@ class Pipeline:
 
             try:
                 first = await anext(chunks, None)
+                if replay is None:
+                    _served(call, model)
                 await sink.start()
                 if first is not None:
                     take(first)
-                    await relay(chunks, take, sink.valve)
+                    try:
+                        await relay(chunks, take, sink.valve)
+                    except (UpstreamError, RetryLater) as exc:
+                        # Part of the answer is out: never switched to another model, never passed
+                        # off as complete. The client gets an error event; usage records a cut.
+                        raise StreamCut(
+                            f"The stream of `{call.model_name}` broke after {call.streamed_pieces} chunks: "
+                            f"{exc.message}",
+                            provider=getattr(exc, "provider", ""),
+                        ) from exc
             finally:
                 await chunks.aclose()  # type: ignore[attr-defined]
                 if pieces is not None:
                     call.response_text = "".join(pieces)
+                if kept is not None:
+                    call.answer = kept
 
     async def embed(self, call: Call, texts: EmbeddingInput) -> Embeddings:
         assert isinstance(call.request, EmbeddingRequest)
         async with self._calling(call, EmbeddingModel) as model:
             result = await model.embed(texts, call.context(), call.request.dimensions)
             call.first_token_at = time.monotonic()
+            _served(call, model)
             call.prompt_tokens = result.prompt_tokens
             return result
+
+
+def _served(call: Call, model: Model) -> None:
+    """Say which deployment answered: a route set it on the context; a flat model is its own."""
+    ctx = call.ctx
+    if ctx.deployment is None:
+        ctx.deployment = model.name
+    call.response_headers["x-meshgate-deployment"] = ctx.deployment
+
+
+async def _replayed(chunks: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """A stored stream (a cache hit), pulled like a model's: relay() waits on the valve between chunks."""
+    for chunk in chunks:
+        yield chunk
 
 
 def estimate_prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest) -> int:

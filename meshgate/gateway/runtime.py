@@ -13,6 +13,7 @@ from typing import Any
 import pluggy
 
 from meshgate import __version__
+from meshgate.cache.config import CacheConfig
 from meshgate.config import MeshConfig
 from meshgate.control.budget import BudgetLedger, BudgetScope, MemoryLedger, RedisLedger
 from meshgate.control.oidc import OidcVerifier
@@ -21,12 +22,14 @@ from meshgate.control.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from meshgate.control.service import ControlService
 from meshgate.errors import ConfigError, StartupError
 from meshgate.gateway.pipeline import Pipeline, Step
+from meshgate.gateway.reload import ConfigReloader, build_models
 from meshgate.observe.audit import AuditEvent, AuditLog, AuditWriter, Signer
 from meshgate.observe.audit_anchor import default_anchor
 from meshgate.observe.counters import Counters
 from meshgate.observe.metrics import Metrics, RuntimeCollector
 from meshgate.observe.tracing import Tracing
 from meshgate.providers.base import Model, ProviderContext, ProviderType
+from meshgate.routing.breaker import BreakerBoard, RedisBreakerBoard
 from meshgate.settings import ServerSettings
 from meshgate.store import INSERT_USAGE, BatchWriter, Database, WriterStats, connect, migrate
 from meshgate.store.database import redact
@@ -47,14 +50,18 @@ class Runtime:
         self.config = config
         self.plugins = plugins
         self.started_at = int(time.time())
-        context = ProviderContext(
+        self.provider_types = provider_types
+        self.provider_context = ProviderContext(
             data_dir=settings.data_dir,
             request_timeout=settings.request_timeout,
             model_cache=settings.resolved_model_cache,
         )
-        self.models: dict[str, Model] = {
-            model.name: provider_types[model.provider].factory(model, context) for model in config.models
-        }
+        #: Circuit breakers and latencies by deployment (shared through Redis once started with it).
+        self.board: BreakerBoard = BreakerBoard()
+        #: Which hostings each data class may reach; routes hold this very dict (updated in place).
+        self.allowed_hosting: dict[str, tuple[str, ...]] = dict(config.data_classes)
+        self.models: dict[str, Model] = {}
+        self.models, self._leaves = build_models(self, config, {})
         self.db: Database | None = None
         self.usage: BatchWriter | None = None
         self.audit: AuditLog | None = None
@@ -71,6 +78,7 @@ class Runtime:
         self.metrics.registry.register(RuntimeCollector(self._usage_stats, self.counters))
         self.pipeline = Pipeline(self.models, [])
         self._started: list[Model] = []
+        self.reloads = ConfigReloader(self)
 
     async def start(self) -> None:
         private_dir(self.settings.data_dir)  # 0700 when created; a warning if others may read it
@@ -107,6 +115,8 @@ class Runtime:
                 raise StartupError(f"redis_url: cannot reach Redis at {redact(self.settings.redis_url)}")
             self.limiter = redis_limiter
             self.ledger = RedisLedger(self._spent_since, self.settings.redis_url)
+            self.board = share_breakers(self.board, self.settings.redis_url)
+        await self.board.start()
 
         steps: list[Step] = []
         self.plugins.hook.register_pipeline_steps(register=steps.append, runtime=self)
@@ -122,7 +132,7 @@ class Runtime:
             self._started.append(model)
             log.info("model %s (%s) ready in %.1fs", model.name, model.provider, time.monotonic() - began)
 
-        await asyncio.gather(*(start_model(m) for m in self.models.values()))
+        await asyncio.gather(*(start_model(m) for m in self._leaves.values()))
         await self.audit.record(
             AuditEvent(
                 "server.started",
@@ -140,8 +150,17 @@ class Runtime:
         for result in self.plugins.hook.startup(runtime=self):
             if asyncio.iscoroutine(result):
                 await result
+        self.reloads.start()
+
+    def cache_config_for(self, model: str) -> CacheConfig:
+        """The effective cache configuration of `model` (read per call: a reload changes it)."""
+        return self.config.cache_config_for(model)
+
+    def lookup(self, name: str) -> Model | None:
+        return self.models.get(name)
 
     async def stop(self) -> None:
+        self.reloads.stop()
         for result in self.plugins.hook.shutdown(runtime=self):
             if asyncio.iscoroutine(result):
                 await result
@@ -159,6 +178,7 @@ class Runtime:
             await asyncio.to_thread(self.tracing.shutdown)
         await self.limiter.close()
         await self.ledger.close()
+        await self.board.close()
         if self.usage is not None:
             await self.usage.stop()
         if self.audit_writer is not None:
@@ -188,3 +208,12 @@ class Runtime:
         if isinstance(self.limiter, RedisLimiter):
             checks["redis"] = await self.limiter.ping()
         return checks
+
+
+def share_breakers(board: BreakerBoard, redis_url: str) -> BreakerBoard:
+    """The breakers moved onto Redis, keeping the ones already made (routes hold them)."""
+    shared = RedisBreakerBoard(redis_url)
+    shared.breakers, shared.latency = board.breakers, board.latency
+    for breaker in shared.breakers.values():
+        breaker.board = shared
+    return shared

@@ -56,6 +56,27 @@ class Metrics:
         self.upstream_errors = Counter(
             "meshgate_upstream_errors", "Upstream failures by provider and kind", ["provider", "kind"], registry=r
         )
+        self.deployment_calls = Counter(
+            "meshgate_deployment_requests",
+            "Calls answered by each deployment of a route (a flat model is its own deployment)",
+            ["model", "deployment"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "meshgate_failovers",
+            "Deployments that failed a call before its first byte and handed it on, by reason",
+            ["model", "deployment", "reason"],
+            registry=r,
+        )
+        self.cache_results = Counter(
+            "meshgate_cache_results",
+            "Cache lookups by model and result (hit, semantic-hit, miss, bypass)",
+            ["model", "result"],
+            registry=r,
+        )
+        self.cache_saved = Counter(
+            "meshgate_cache_saved_usd", "Upstream cost saved by cache hits, in USD, by model", ["model"], registry=r
+        )
         self.in_flight = Gauge("meshgate_in_flight_requests", "Model calls in progress", registry=r)
 
     def render(self) -> bytes:
@@ -120,6 +141,15 @@ class MetricsStep(Step):
         m.tokens.labels(model, "out").inc(call.completion_tokens)
         if call.cost_usd:
             m.cost.labels(model, team).inc(call.cost_usd)
+        ctx = call.ctx
+        if ctx.deployment is not None:
+            m.deployment_calls.labels(model, ctx.deployment).inc()
+        for deployment, reason in ctx.failovers:
+            m.failovers.labels(model, deployment, reason).inc()
+        if call.cache is not None:
+            m.cache_results.labels(model, call.cache).inc()
+            if call.cost_saved_usd:
+                m.cache_saved.labels(model).inc(call.cost_saved_usd)
         error = call.error
         if error is not None:
             if error.kind in ("rate_limited", "budget_exceeded"):

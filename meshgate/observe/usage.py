@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from meshgate.gateway.capabilities import REFUSED
 from meshgate.gateway.pipeline import ORDER_RECORD, Call, Step
 from meshgate.store import BatchWriter, UsageRecord
@@ -38,5 +40,12 @@ class UsageStep(Step):
                 cache_hit=call.cache_hit,
                 error_kind=call.error.kind if call.error is not None else None,
                 refused=refused,
+                deployment=call.ctx.deployment,
+                attempts=len(call.ctx.failovers) + (0 if call.ctx.deployment is None else 1),
+                failovers=json.dumps([{"deployment": d, "reason": r} for d, r in call.ctx.failovers])
+                if call.ctx.failovers
+                else None,
+                cache=call.cache,
+                cost_saved_usd=call.cost_saved_usd,
             )
         )

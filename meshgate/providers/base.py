@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,6 +85,13 @@ class ModelConfig(BaseModel):
     )
     rpm: int | None = Field(None, ge=1, description="Requests per minute to this model, across all callers.")
     tpm: int | None = Field(None, ge=1, description="Tokens per minute to this model, across all callers.")
+    hosting: Literal["local", "private", "cloud"] | None = Field(
+        None,
+        description="Where this model sends data: `local` (this machine), `private` (a network the organisation "
+        "controls) or `cloud`; the provider type's default when unset (local models: local, others: cloud). "
+        "Data classes allow only some hostings.",
+    )
+    region: str | None = Field(None, description="Where the deployment runs (informational; shown in /v1/models).")
 
 
 @dataclass
@@ -101,6 +108,16 @@ class CallContext:
     timeout: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: The call's data classification (public | internal | confidential | restricted): a route only
+    #: uses deployments whose hosting that class allows.
+    data_class: str = "internal"
+    #: What sticky routing hashes (the user or the key), or None.
+    sticky_key: str | None = None
+    #: Set by a route: the deployment that served the call, the model object behind it (its price
+    #: prices the call) and each deployment that failed over before, with why.
+    deployment: str | None = None
+    served_by: Model | None = None
+    failovers: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Model(ABC):
@@ -109,10 +126,16 @@ class Model(ABC):
     #: Provider type name, for logs and metrics only.
     provider: ClassVar[str]
 
+    #: Where it sends data unless its entry says `hosting:` (see ModelConfig.hosting); in-process
+    #: model classes say "local".
+    hosting: str = "cloud"
+
     def __init__(self, config: ModelConfig, profile: CapabilityProfile) -> None:
         self.config = config
         self.name = config.name
         self.profile = profile
+        if config.hosting is not None:
+            self.hosting = config.hosting
 
     async def start(self) -> None:
         """Load weights, open pools. Called once at startup, before the server is ready."""

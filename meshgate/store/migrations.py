@@ -150,6 +150,21 @@ MIGRATIONS: list[Migration] = [
             "WHERE error_kind = 'budget_exceeded'",
         ),
     ),
+    Migration(
+        "0007_routing_and_cache",
+        (
+            # Which deployment of a route served the call, how many were tried and why each failed over
+            # (JSON list of {"deployment", "reason"}); how the cache answered and what a hit saved.
+            "ALTER TABLE usage ADD COLUMN deployment TEXT",
+            "ALTER TABLE usage ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE usage ADD COLUMN failovers TEXT",
+            "ALTER TABLE usage ADD COLUMN cache TEXT",
+            "ALTER TABLE usage ADD COLUMN cost_saved_usd DOUBLE PRECISION NOT NULL DEFAULT 0",
+            # The data classification a key or team carries (public..restricted); NULL = the default.
+            "ALTER TABLE teams ADD COLUMN data_class TEXT",
+            "ALTER TABLE api_keys ADD COLUMN data_class TEXT",
+        ),
+    ),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS meshgate_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"

@@ -24,6 +24,11 @@ USAGE_COLUMNS = (
     "cache_hit",
     "error_kind",
     "refused",
+    "deployment",
+    "attempts",
+    "failovers",
+    "cache",
+    "cost_saved_usd",
 )
 
 INSERT_USAGE = (
@@ -54,6 +59,16 @@ class UsageRecord:
     #: Refused before it went upstream (authorization, capabilities, rate limit, budget): costs $0,
     #: and budgets rebuilt from usage leave it out.
     refused: bool = False
+    #: The deployment of the route that served the call (the model's own name for a flat entry).
+    deployment: str | None = None
+    #: Deployments tried, the serving one included.
+    attempts: int = 1
+    #: JSON list of {"deployment", "reason"} for each deployment that failed over, or None.
+    failovers: str | None = None
+    #: How the cache answered: "hit" | "semantic-hit" | "miss" | "bypass", or None (cache off).
+    cache: str | None = None
+    #: What a cache hit saved: the upstream cost of the answer it replayed.
+    cost_saved_usd: float = 0.0
 
     def row(self) -> tuple[object, ...]:
         # One C call in column order rather than dataclasses.astuple, which deep-copies each value:

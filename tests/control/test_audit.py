@@ -119,7 +119,14 @@ async def test_model_calls_and_key_changes_are_audited(mesh: AppClient) -> None:
     row, detail = calls[ok.headers["x-request-id"]]
     assert row["subject"] == "bench" and row["actor"].startswith("key_") and row["content"] is None
     assert detail["decision"] == "allowed" and detail["team"] == "audited"
-    assert detail["policies"] == ["metrics", "authorize-model", "check-capabilities", "rate-limit", "budget"]
+    assert detail["policies"] == [
+        "metrics",
+        "authorize-model",
+        "data-class",
+        "check-capabilities",
+        "rate-limit",
+        "budget",
+    ]
     assert calls[refused.headers["x-request-id"]][1]["error"] == "invalid_request"
     created = await runtime.db.fetchall("SELECT * FROM audit_log WHERE event = 'key.created' AND actor = 'system'")
     assert any(json.loads(r["detail"])["team"] == "audited" for r in created)

@@ -176,6 +176,7 @@ def _stop_holdback(text: str, stops: list[str]) -> int:
 
 class LocalLlamaModel(ChatModel):
     provider = "local-llama"
+    hosting = "local"
     config: LocalLlamaConfig
 
     def __init__(self, config: LocalLlamaConfig, context: ProviderContext) -> None:

@@ -67,6 +67,7 @@ class _Job:
 
 class LocalEmbeddingModel(EmbeddingModel):
     provider = "local-embedding"
+    hosting = "local"
     config: LocalEmbeddingConfig
 
     def __init__(self, config: LocalEmbeddingConfig, context: ProviderContext | None = None) -> None:

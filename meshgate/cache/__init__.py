@@ -1,0 +1,1 @@
+"""The response cache (exact and semantic), a pipeline step at ORDER_CACHE; see docs/cache.md."""
