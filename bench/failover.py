@@ -119,7 +119,8 @@ class Events:
     a_serving_after_s: float | None
     #: The slowest call that started in the first second after the kill.
     slowest_after_kill_ms: float
-    #: Calls that started while A was down and still name A as their server: [seconds after the kill, ms].
+    #: Calls that started while A was down and were served by A: started late in `killed`, answered after
+    #: the restart. [seconds after the kill, ms] each.
     a_named_while_down: list[list[float]] = field(default_factory=list)
 
 

@@ -68,13 +68,20 @@ class MeshConfig:
     #: Which hostings each data class may reach (`data_classes:`, over the defaults).
     data_classes: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_ALLOWED_HOSTING))
 
+    #: Effective cache configurations by model, made once (a reload makes a new MeshConfig).
+    _cache_configs: dict[str, CacheConfig] = field(default_factory=dict, init=False, repr=False, compare=False)
+
     def cache_config_for(self, model: str) -> CacheConfig:
         """The effective cache configuration of a model: its own `cache:` block over the default."""
-        for entry in self.models:
-            if entry.name == model:
-                override = entry.cache if isinstance(entry, RouteConfig) else None
-                return self.cache.merged(override)
-        return self.cache
+        found = self._cache_configs.get(model)
+        if found is None:
+            found = self.cache
+            for entry in self.models:
+                if entry.name == model:
+                    found = self.cache.merged(entry.cache if isinstance(entry, RouteConfig) else None)
+                    break
+            self._cache_configs[model] = found
+        return found
 
 
 def _path_str(parts: list[str | int]) -> str:

@@ -85,7 +85,9 @@ def test_failover_benchmark_smoke(tmp_path: Path) -> None:
         assert mine["calls"] > 0
         assert mine["errors"] == 0, mine["first_errors"]
     assert set(phases[("meshgate", "steady")]["served"]) == {"up-a", "up-b"}
-    assert set(phases[("meshgate", "killed")]["served"]) == {"up-b"}  # A was down for all of it
+    killed = phases[("meshgate", "killed")]["served"]
+    # A was down: only a call still in flight when it came back (4 at most, --smoke's concurrency) can name it.
+    assert killed["up-b"] > 0 and killed.get("up-a", 0) <= 4
     for (gateway, _), phase in phases.items():
         if gateway != "meshgate":
             assert phase["calls"] > 0

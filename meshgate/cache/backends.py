@@ -198,6 +198,10 @@ CREATE INDEX IF NOT EXISTS cache_entries_team ON cache_entries (team, model);
 SCHEMA_VERSION = 1
 #: Expired rows are deleted every this many writes.
 SWEEP_EVERY = 500
+#: How long a write waits for others to join its transaction.
+FLUSH_DELAY = 0.05
+#: Most entry ids a process keeps in memory to answer misses without reading the file.
+MAX_KNOWN = 1_000_000
 
 
 class SQLiteBackend(Backend):
@@ -215,6 +219,15 @@ class SQLiteBackend(Backend):
         self._wconn: sqlite3.Connection | None = None
         self._writes = 0
         self._opened = False
+        #: Ids (-> expiry) of the entries this process knows the file holds: an exact lookup of any
+        #: other id is a miss without a trip to the reader thread (the miss path costs no I/O).
+        #: Loaded when the file is opened; entries written by other processes since are not in it,
+        #: so they are missed here (a lost hit, never a wrong one). Past MAX_KNOWN ids, every
+        #: lookup asks the file.
+        self._known: dict[str, float] | None = None
+        #: Entries waiting to be written: one transaction per batch, from one flush task.
+        self._pending: list[Entry] = []
+        self._flushing: asyncio.Task[None] | None = None
 
     def _open_writer(self) -> sqlite3.Connection:
         if self._wconn is None:
@@ -243,8 +256,22 @@ class SQLiteBackend(Backend):
     async def _on(self, pool: ThreadPoolExecutor, fn: Any, *args: Any) -> Any:
         if not self._opened:  # the schema exists before the first read
             await asyncio.get_running_loop().run_in_executor(self._writer, self._open_writer)
+            self._known = await asyncio.get_running_loop().run_in_executor(self._writer, self._load_known)
             self._opened = True
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def _load_known(self) -> dict[str, float] | None:
+        conn = self._open_writer()
+        rows = conn.execute(
+            "SELECT id, expires FROM cache_entries WHERE expires > ? LIMIT ?", (time.time(), MAX_KNOWN + 1)
+        ).fetchall()
+        return None if len(rows) > MAX_KNOWN else {row[0]: row[1] for row in rows}
+
+    def _surely_absent(self, entry_id: str, bucket: str | None) -> bool:
+        if bucket is not None or not self._opened or self._known is None:
+            return False
+        expires = self._known.get(entry_id)
+        return expires is None or expires <= time.time()
 
     def _lookup(self, entry_id: str, bucket: str | None, now: float) -> tuple[bytes | None, Candidates]:
         conn = self._open_reader()
@@ -259,6 +286,8 @@ class SQLiteBackend(Backend):
         return None, Candidates.of(rows)
 
     async def lookup(self, entry_id: str, bucket: str | None) -> tuple[bytes | None, Candidates]:
+        if self._surely_absent(entry_id, bucket):
+            return None, Candidates()
         result: tuple[bytes | None, Candidates] = await self._on(
             self._reader, self._lookup, entry_id, bucket, time.time()
         )
@@ -268,19 +297,43 @@ class SQLiteBackend(Backend):
         value, _ = await self.lookup(entry_id, None)
         return value
 
-    def _put(self, e: Entry) -> None:
+    def _put(self, entries: list[Entry]) -> None:
         conn = self._open_writer()
-        conn.execute(
-            "INSERT OR REPLACE INTO cache_entries (id, team, creator, model, created, expires, bucket, guard, vector, "
-            "value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (e.id, e.team, e.creator, e.model, e.created, e.expires, e.bucket, e.guard, e.vector, e.value),
-        )
-        self._writes += 1
-        if self._writes % SWEEP_EVERY == 0:
+        with conn:  # one transaction (one WAL commit) for the whole batch
+            conn.execute("BEGIN")
+            conn.executemany(
+                "INSERT OR REPLACE INTO cache_entries (id, team, creator, model, created, expires, bucket, guard, "
+                "vector, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (e.id, e.team, e.creator, e.model, e.created, e.expires, e.bucket, e.guard, e.vector, e.value)
+                    for e in entries
+                ],
+            )
+        before = self._writes
+        self._writes += len(entries)
+        if self._writes // SWEEP_EVERY != before // SWEEP_EVERY:
             conn.execute("DELETE FROM cache_entries WHERE expires <= ?", (time.time(),))
 
     async def put(self, entry: Entry) -> None:
-        await self._on(self._writer, self._put, entry)
+        """Queued and written with the others that come meanwhile, in one transaction; returns when
+        the entry is on disk."""
+        self._pending.append(entry)
+        if self._known is not None:
+            if len(self._known) >= MAX_KNOWN:
+                self._known = None
+            else:
+                self._known[entry.id] = entry.expires
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush())
+        await asyncio.shield(self._flushing)
+
+    async def _flush(self) -> None:
+        # Let the puts of the next few milliseconds join the batch: under load one transaction
+        # then carries dozens of entries instead of one each (answers never wait for this).
+        await asyncio.sleep(FLUSH_DELAY)
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await self._on(self._writer, self._put, batch)
 
     def _purge(self, where: PurgeFilter, now: float) -> int:
         conn = self._open_writer()
@@ -296,6 +349,7 @@ class SQLiteBackend(Backend):
         sql = "DELETE FROM cache_entries" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         removed = conn.execute(sql, params).rowcount
         conn.execute("DELETE FROM cache_entries WHERE expires <= ?", (now,))  # and what expired anyway
+        self._known = self._load_known()  # what is left is the file's to say
         return int(removed)
 
     async def purge(self, where: PurgeFilter) -> int:
@@ -307,6 +361,8 @@ class SQLiteBackend(Backend):
             conn.close()
 
     async def close(self) -> None:
+        if self._flushing is not None:
+            await self._flushing
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._reader, self._close, self._rconn)
         await loop.run_in_executor(self._writer, self._close, self._wconn)

@@ -19,9 +19,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from meshgate.errors import (
     ContextLengthExceeded,
@@ -51,6 +51,7 @@ from meshgate.routing.breaker import Breaker, BreakerBoard, Ewma
 from meshgate.routing.config import RouteConfig
 
 log = logging.getLogger("meshgate.routing")
+T = TypeVar("T")
 
 #: Backoff before the k-th retry (k >= 1 after the first switch): uniform in [0, min(CAP, BASE * 2^(k-1))].
 BACKOFF_BASE = 0.05
@@ -301,6 +302,25 @@ class RouteBase(Model):
         """Why `deployment` cannot serve `request` (None when it can)."""
         return None
 
+    async def failover(self, ctx: CallContext, request: Any, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
+        """`attempt` on the planned deployments in turn, until one answers: a failure that says the
+        deployment is down moves on; any other is the call's answer."""
+        attempts = self.plan(ctx, request)
+        while (deployment := await attempts.next()) is not None:
+            began = time.monotonic()
+            try:
+                result = await attempt(deployment)
+            except MeshError as exc:
+                reason = failover_reason(exc)
+                if reason is None:
+                    deployment.breaker.neutral()
+                    raise
+                attempts.failed(deployment, exc, reason)
+                continue
+            attempts.served(deployment, began)
+            return result
+        raise attempts.give_up()
+
     def plan(self, ctx: CallContext, request: Any) -> _Attempts:
         allowed = self.allowed_hosting.get(ctx.data_class, ())
         now = time.monotonic()
@@ -353,23 +373,13 @@ class RoutedChatModel(RouteBase, ChatModel):
         return None
 
     async def complete(self, request: ChatCompletionRequest, call: CallContext) -> dict[str, Any]:
-        attempts = self.plan(call, request)
-        while (deployment := await attempts.next()) is not None:
+        async def answer(deployment: Deployment) -> dict[str, Any]:
             assert isinstance(deployment.model, ChatModel)
-            began = time.monotonic()
-            try:
-                result = await deployment.model.complete(request, call)
-            except MeshError as exc:
-                reason = failover_reason(exc)
-                if reason is None:
-                    deployment.breaker.neutral()
-                    raise
-                attempts.failed(deployment, exc, reason)
-                continue
-            attempts.served(deployment, began)
-            result["model"] = self.name  # the name the client called, not the deployment's
-            return result
-        raise attempts.give_up()
+            return await deployment.model.complete(request, call)
+
+        result = await self.failover(call, request, answer)
+        result["model"] = self.name  # the name the client called, not the deployment's
+        return result
 
     def stream(self, request: ChatCompletionRequest, call: CallContext) -> AsyncIterator[dict[str, Any]]:
         return RoutedStream(self, request, call)
@@ -386,35 +396,27 @@ class RoutedStream(PushStream):
     async def __anext__(self) -> dict[str, Any]:
         if self.inner is not None:
             chunk = await self.inner.__anext__()
-            chunk["model"] = self.route.name
-            return chunk
-        attempts = self.route.plan(self.ctx, self.request)
-        while (deployment := await attempts.next()) is not None:
-            assert isinstance(deployment.model, ChatModel)
-            began = time.monotonic()
-            stream = deployment.model.stream(self.request, self.ctx)
-            try:
-                first = await stream.__anext__()
-            except StopAsyncIteration:
-                attempts.served(deployment, began)
-                self.inner = stream
-                raise
-            except MeshError as exc:
-                await _close(stream)
-                reason = failover_reason(exc)
-                if reason is None:
-                    deployment.breaker.neutral()
-                    raise
-                attempts.failed(deployment, exc, reason)
-                continue
-            except BaseException:
-                await _close(stream)
-                raise
-            attempts.served(deployment, began)
-            self.inner = stream
-            first["model"] = self.route.name
-            return first
-        raise attempts.give_up()
+        else:
+            first = await self.route.failover(self.ctx, self.request, self._open)
+            if first is None:
+                raise StopAsyncIteration
+            chunk = first
+        chunk["model"] = self.route.name  # the name the client called, not the deployment's
+        return chunk
+
+    async def _open(self, deployment: Deployment) -> dict[str, Any] | None:
+        """The deployment's stream up to its first chunk (None: it ended without one); kept on success."""
+        assert isinstance(deployment.model, ChatModel)
+        stream = deployment.model.stream(self.request, self.ctx)
+        try:
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await _close(stream)
+            raise
+        self.inner = stream
+        return first
 
     async def relay(self, deliver: Deliver, valve: Valve) -> None:
         assert self.inner is not None
@@ -439,19 +441,8 @@ async def _close(stream: AsyncIterator[dict[str, Any]]) -> None:
 
 class RoutedEmbeddingModel(RouteBase, EmbeddingModel):
     async def embed(self, texts: EmbeddingInput, call: CallContext, dimensions: int | None = None) -> Embeddings:
-        attempts = self.plan(call, None)
-        while (deployment := await attempts.next()) is not None:
+        async def vectors(deployment: Deployment) -> Embeddings:
             assert isinstance(deployment.model, EmbeddingModel)
-            began = time.monotonic()
-            try:
-                result = await deployment.model.embed(texts, call, dimensions)
-            except MeshError as exc:
-                reason = failover_reason(exc)
-                if reason is None:
-                    deployment.breaker.neutral()
-                    raise
-                attempts.failed(deployment, exc, reason)
-                continue
-            attempts.served(deployment, began)
-            return result
-        raise attempts.give_up()
+            return await deployment.model.embed(texts, call, dimensions)
+
+        return await self.failover(call, None, vectors)

@@ -83,6 +83,11 @@ def route_yaml(base: str) -> str:
         deployments:
           - {{name: cheap-dear, provider: openai-compatible, model: echo, base_url: "{base}", price: {{input: 5, output: 15}}}}
           - {{name: cheap-cheap, provider: openai-compatible, model: echo, base_url: "{base}", price: {{input: 1, output: 2}}}}
+      - name: embed-route
+        routing: ordered
+        deployments:
+          - {{name: embed-dead, provider: openai-compatible, kind: embedding, model: echo, base_url: "{DEAD}", connect_timeout: 1, capabilities: {{embedding_dimensions: 8}}}}
+          - {{name: embed-live, provider: openai-compatible, kind: embedding, model: echo, base_url: "{base}", capabilities: {{embedding_dimensions: 8}}}}
       - name: fast
         routing: least-latency
         deployments:
@@ -296,6 +301,14 @@ async def test_least_latency_learns_the_faster_deployment(client: AppClient) -> 
     # Each is measured once (unmeasured ones go first), then the quick one wins.
     assert set(served[:2]) == {"fast-slow", "fast-quick"}
     assert served[2:] == ["fast-quick"] * 4
+
+
+async def test_embedding_routes_fail_over_too(client: AppClient) -> None:
+    response = await client.http.post("/v1/embeddings", json={"model": "embed-route", "input": ["a b", "c"]})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-meshgate-deployment"] == "embed-live"
+    body = response.json()
+    assert body["model"] == "embed-route" and len(body["data"]) == 2
 
 
 async def test_flat_models_name_themselves_as_deployment(client: AppClient) -> None:

@@ -1,0 +1,154 @@
+"""The three backends behave alike: lookups, TTL, LRU bounds, purges; SQLite survives a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from meshgate.cache.backends import Backend, Entry, MemoryBackend, PurgeFilter, RedisBackend, SQLiteBackend
+from meshgate.cache.key import Tenant
+from meshgate.cache.semantic import best_match
+
+#: A Redis database of the tests' own: flushed before and after, no other is touched.
+REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+#: Short test names -> entry ids laid out as the cache lays them out (team:scope:model:digest).
+IDS: dict[str, str] = {}
+
+
+def rid(name: str) -> str:
+    return IDS.get(name, f"0:0:0:{name}")
+
+
+def entry(
+    name: str,
+    *,
+    team: str = "a",
+    model: str = "m",
+    creator: str = "k1",
+    age: float = 0.0,
+    ttl: float = 60.0,
+    bucket: str | None = None,
+    vector: list[float] | None = None,
+    guard: str = "g",
+) -> Entry:
+    now = time.time()
+    packed = None
+    if vector is not None:
+        v = np.asarray(vector, dtype=np.float32)
+        packed = (v / np.linalg.norm(v)).tobytes()
+    IDS[name] = entry_id = f"{Tenant(team, '', creator).prefix(model)}:{name}"
+    return Entry(
+        id=entry_id,
+        value=f"value of {name}".encode(),
+        team=team,
+        creator=creator,
+        model=model,
+        created=now - age,
+        expires=now + ttl,
+        bucket=bucket,
+        vector=packed,
+        guard=guard,
+    )
+
+
+async def _redis() -> RedisBackend:
+    backend = RedisBackend(REDIS_URL)
+    if not await backend.ping():
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    await backend._redis.flushdb()
+    return backend
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    made: Backend
+    if request.param == "memory":
+        made = MemoryBackend()
+    elif request.param == "sqlite":
+        made = SQLiteBackend(tmp_path / "cache.sqlite3")
+    else:
+        made = await _redis()
+    yield made
+    if isinstance(made, RedisBackend):
+        await made._redis.flushdb()
+    await made.close()
+
+
+async def test_lookup_get_and_expiry(backend: Backend) -> None:
+    value, candidates = await backend.lookup(rid("a:x"), "B")
+    assert value is None and candidates.ids == []
+    await backend.put(entry("a:x"))
+    await backend.put(entry("a:old", ttl=0.2))
+    value, _ = await backend.lookup(rid("a:x"), None)
+    assert value == b"value of a:x"
+    assert await backend.get(rid("a:old")) == b"value of a:old"
+    await asyncio.sleep(0.3)
+    assert await backend.get(rid("a:old")) is None
+    assert await backend.get(rid("a:x")) == b"value of a:x"
+
+
+async def test_bucket_candidates_and_semantic_match(backend: Backend) -> None:
+    await backend.put(entry("a:1", bucket="B", vector=[1, 0, 0]))
+    await backend.put(entry("a:2", bucket="B", vector=[0, 1, 0], guard="other"))
+    await backend.put(entry("a:3", bucket="C", vector=[1, 0, 0]))
+    await backend.put(entry("a:4", bucket="B", vector=[0, 0, 1], ttl=0.1))
+    await asyncio.sleep(0.2)
+    value, candidates = await backend.lookup(rid("a:none"), "B")
+    assert value is None
+    assert sorted(candidates.ids) == sorted([rid("a:1"), rid("a:2")])  # not C's, not the expired one
+    query = np.asarray([0.96, 0.28, 0], dtype=np.float32)
+    match = best_match(candidates, query, "g", 0.95)
+    assert match is not None and match.entry_id == rid("a:1")
+    assert best_match(candidates, query, "g", 0.99) is None
+    # The closest vector of another guard (other numbers, a negation) never matches.
+    assert best_match(candidates, np.asarray([0, 1, 0], dtype=np.float32), "g", 0.5) is None
+
+
+async def test_purge_filters(backend: Backend) -> None:
+    await backend.put(entry("a:1", team="a", model="m", creator="k1"))
+    await backend.put(entry("a:2", team="a", model="n", creator="k2", bucket="B", vector=[1, 0]))
+    await backend.put(entry("b:1", team="b", model="m", creator="k3", age=7200))
+    await backend.put(entry("b:2", team="b", model="m", creator="k3"))
+    assert await backend.purge(PurgeFilter(team="a", model="n")) == 1
+    assert await backend.get(rid("a:2")) is None
+    _, candidates = await backend.lookup(rid("a:none"), "B")
+    assert candidates.ids == []
+    assert await backend.purge(PurgeFilter(older_than=3600)) == 1
+    assert await backend.get(rid("b:1")) is None
+    assert await backend.purge(PurgeFilter(key="k3")) == 1
+    assert await backend.purge(PurgeFilter()) == 1
+    assert await backend.get(rid("a:1")) is None
+
+
+async def test_memory_backend_is_bounded_by_entries_and_bytes() -> None:
+    backend = MemoryBackend(max_entries=3, max_bytes=10_000)
+    for i in range(5):
+        await backend.put(entry(f"e{i}"))
+    assert [await backend.get(rid(f"e{i}")) is not None for i in range(5)] == [False, False, True, True, True]
+    await backend.get(rid("e2"))  # recently used: stays
+    await backend.put(entry("e5"))
+    assert await backend.get(rid("e2")) is not None and await backend.get(rid("e3")) is None
+    big = MemoryBackend(max_entries=100, max_bytes=2_000)
+    for i in range(10):
+        await big.put(Entry(f"x{i}", b"x" * 500, "a", "k", "m", time.time(), time.time() + 60))
+    assert big.bytes <= 2_000 and len(big.entries) == 2
+
+
+async def test_sqlite_survives_a_restart_in_a_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "cache.sqlite3"
+    first = SQLiteBackend(path)
+    await first.put(entry("a:x", bucket="B", vector=[1, 2, 3]))
+    await first.close()
+    assert path.stat().st_mode & 0o077 == 0
+    second = SQLiteBackend(path)
+    assert await second.get(rid("a:x")) == b"value of a:x"
+    _, candidates = await second.lookup(rid("a:y"), "B")
+    assert candidates.ids == [rid("a:x")]
+    await second.close()
