@@ -35,7 +35,7 @@ from typing import Any
 
 import aiohttp
 from harness import NGINX_CONF, create_key, ensure_free, nginx_binary, nginx_http_common, start_meshgate, wait_http
-from run import package_version
+from run import COMPLETION, package_version
 
 HERE = Path(__file__).resolve().parent
 PORT_A, PORT_B, MESHGATE_PORT, LITELLM_PORT = 18280, 18281, 18282, 18283
@@ -44,21 +44,6 @@ LITELLM_KEY = "sk-litellm-failover"
 PHASES = ("steady", "killed", "restarted")
 WARMUP = 2.0
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
-COMPLETION = {
-    "id": "chatcmpl-failover",
-    "object": "chat.completion",
-    "created": 1700000000,
-    "model": "echo",
-    "choices": [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": "Hello! How can I help?"},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }
-    ],
-    "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
-}
 #: meshgate's route: the form of docs/routing.md, breaker as in the issue.
 MESH_YAML = """models:
   - name: chat

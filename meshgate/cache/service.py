@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
+from meshgate.background import Background
 from meshgate.cache.backends import Backend, Entry, MemoryBackend, PurgeFilter, RedisBackend, SQLiteBackend
 from meshgate.cache.config import CacheConfig, parse_duration
 from meshgate.errors import ConfigError
@@ -33,24 +33,16 @@ def backend_for(config: CacheConfig, data_dir: Path, redis_url: str = "") -> Bac
 class ResponseCache:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._pending: set[asyncio.Future[None]] = set()
+        # A cache that cannot write only misses more: a failed store is logged, nothing else.
+        self._stores = Background(log, "cache: storing an entry")
 
     def store(self, entry: Entry) -> None:
         """Write `entry` in the background: the answer goes out without waiting for the store."""
-        task = asyncio.ensure_future(self._put(entry))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _put(self, entry: Entry) -> None:
-        try:
-            await self.backend.put(entry)
-        except Exception as exc:  # a cache that cannot write only misses more
-            log.warning("cache: storing an entry failed (%s: %s)", type(exc).__name__, exc)
+        self._stores.spawn(self.backend.put(entry))
 
     async def flush(self) -> None:
         """Wait for the stores under way."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        await self._stores.wait()
 
     async def purge(
         self,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from meshgate.background import Background
 from meshgate.config import MeshConfig, load_config, with_chat_model
 from meshgate.errors import ConfigError
 from meshgate.gateway.reload_client import RUN_DIR
@@ -127,7 +128,7 @@ class ConfigReloader:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._lock = asyncio.Lock()
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._tasks = Background(log, "config reload")
         self._signal = False
 
     @property
@@ -152,17 +153,11 @@ class ConfigReloader:
         for suffix in (".json", ".reload.json"):
             with contextlib.suppress(OSError):
                 (self.run_dir / f"{os.getpid()}{suffix}").unlink()
-        for task in self._tasks:
-            task.cancel()
+        self._tasks.cancel()
 
     def _on_signal(self) -> None:
         log.info("SIGHUP: reloading %s", self.runtime.config.path)
-        self._spawn(self.reload())
-
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self.reload())
 
     def _load(self) -> MeshConfig:
         runtime = self.runtime
@@ -221,7 +216,7 @@ class ConfigReloader:
         runtime._leaves = leaves
         runtime._started = [m for m in runtime._started if m not in gone] + started
         if gone:
-            self._spawn(self._close_later(gone))
+            self._tasks.spawn(self._close_later(gone))
         assert runtime.audit is not None
         await runtime.audit.record(
             AuditEvent(

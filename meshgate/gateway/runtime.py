@@ -60,7 +60,7 @@ class Runtime:
         self.board: BreakerBoard = BreakerBoard()
         #: Which hostings each data class may reach; routes hold this very dict (updated in place).
         self.allowed_hosting: dict[str, tuple[str, ...]] = dict(config.data_classes)
-        self.models: dict[str, Model] = {}
+        # The models clients call, and the provider models behind them by deployment name.
         self.models, self._leaves = build_models(self, config, {})
         self.db: Database | None = None
         self.usage: BatchWriter | None = None

@@ -16,9 +16,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
+from meshgate.background import Background
 from meshgate.routing.config import BreakerConfig
 
 log = logging.getLogger("meshgate.routing")
@@ -165,24 +165,14 @@ class RedisBreakerBoard(BreakerBoard):
 
         self.redis = redis.Redis.from_url(url)
         self._failure_script = self.redis.register_script(_FAILURE_SCRIPT)
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._writes = Background(log, "circuit breaker: a Redis write")
         self._poller: asyncio.Task[None] | None = None
 
     def _keys(self, name: str) -> tuple[str, str]:
         return f"{self.PREFIX}{name}:failures", f"{self.PREFIX}{name}:open"
 
-    def _spawn(self, work: Awaitable[Any]) -> None:
-        task: asyncio.Future[Any] = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Future[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("circuit breaker: Redis write failed (%s)", type(task.exception()).__name__)
-
     def failure(self, breaker: Breaker) -> None:
-        self._spawn(self._share_failure(breaker, opened_here=breaker.open_until > time.monotonic()))
+        self._writes.spawn(self._share_failure(breaker, opened_here=breaker.open_until > time.monotonic()))
 
     async def _share_failure(self, breaker: Breaker, opened_here: bool) -> None:
         cooldown_ms = max(1, int(breaker.cooldown * 1000))
@@ -193,7 +183,7 @@ class RedisBreakerBoard(BreakerBoard):
             breaker.open(time.monotonic(), breaker.cooldown)
 
     def recovered(self, breaker: Breaker) -> None:
-        self._spawn(self.redis.delete(*self._keys(breaker.name)))
+        self._writes.spawn(self.redis.delete(*self._keys(breaker.name)))
 
     async def start(self) -> None:
         self._poller = asyncio.create_task(self._poll())
@@ -229,6 +219,5 @@ class RedisBreakerBoard(BreakerBoard):
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._writes.wait()
         await self.redis.aclose()

@@ -16,6 +16,7 @@ pipeline records it as cut); a model is never switched in the middle of an answe
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -298,8 +299,9 @@ class RouteBase(Model):
                 return True
         return False
 
-    def unfit(self, deployment: Deployment, request: Any) -> MeshError | None:
-        """Why `deployment` cannot serve `request` (None when it can)."""
+    def unfit(self, deployment: Deployment, request: Any, prompt_tokens: Callable[[], int]) -> MeshError | None:
+        """Why `deployment` cannot serve `request` (None when it can); `prompt_tokens()` is the
+        call's prompt estimate, made once per call however many deployments ask for it."""
         return None
 
     async def failover(self, ctx: CallContext, request: Any, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
@@ -328,6 +330,7 @@ class RouteBase(Model):
         seen: set[str] = set()
         refusal: MeshError | None = None
         circuits_open: list[Deployment] = []
+        prompt_tokens = functools.cache(lambda: estimate_prompt_tokens(request))
         for deployment in self.own_order(ctx) + self._fallback_deployments(ctx):
             if deployment.name in seen or deployment.hosting not in allowed:
                 continue
@@ -335,7 +338,7 @@ class RouteBase(Model):
             if not deployment.breaker.allows(now):
                 circuits_open.append(deployment)
                 continue
-            problem = self.unfit(deployment, request)
+            problem = self.unfit(deployment, request, prompt_tokens)
             if problem is not None:
                 refusal = refusal or problem
                 continue
@@ -358,15 +361,16 @@ class RouteBase(Model):
 
 
 class RoutedChatModel(RouteBase, ChatModel):
-    def unfit(self, deployment: Deployment, request: Any) -> MeshError | None:
+    def unfit(self, deployment: Deployment, request: Any, prompt_tokens: Callable[[], int]) -> MeshError | None:
         assert isinstance(request, ChatCompletionRequest)
         profile = deployment.model.profile
-        try:
-            check_chat(request, profile)
-        except MeshError as exc:
-            return exc
+        if profile != self.profile:  # the capability step checked the route's own profile already
+            try:
+                check_chat(request, profile)
+            except MeshError as exc:
+                return exc
         window = profile.context_window
-        if window is not None and estimate_prompt_tokens(request) + (request.output_limit or 0) > window:
+        if window is not None and prompt_tokens() + (request.output_limit or 0) > window:
             return ContextLengthExceeded(
                 f"The request does not fit the context window of deployment `{deployment.name}` ({window} tokens)."
             )

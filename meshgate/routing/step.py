@@ -40,7 +40,6 @@ class DataClassRouting(Step):
         ctx.data_class = data_class
         model = call.model
         assert model is not None
-        allowed = self.allowed_hosting().get(data_class, ())
         if isinstance(model, RouteBase):
             sticky = model.config.sticky
             if sticky == "user":
@@ -50,10 +49,11 @@ class DataClassRouting(Step):
             if model.allows(data_class):
                 return
             where = ", ".join(f"{d.name} ({d.hosting})" for d in model.deployments)
-        elif model.hosting in allowed:
+        elif model.hosting in self.allowed_hosting().get(data_class, ()):
             return
         else:
             where = f"{model.name} ({model.hosting})"
+        allowed = self.allowed_hosting().get(data_class, ())
         only = " or ".join(allowed) if allowed else "nowhere"
         raise refused(
             call,

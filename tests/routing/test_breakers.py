@@ -66,10 +66,7 @@ async def test_breakers_are_shared_through_redis() -> None:
 
 
 async def _settle(board: RedisBreakerBoard) -> None:
-    import asyncio
-
-    if board._tasks:
-        await asyncio.gather(*board._tasks)
+    await board._writes.wait()
 
 
 @dataclass
