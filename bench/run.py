@@ -95,6 +95,36 @@ models:
       - {first}
       - {second}
 """
+#: `--guards`: meshgates whose `bench` is under a guard, every control on as well. `cloud-egress` is
+#: the issue's policy (PII with NER, secrets, injection and moderation classifiers, output checks);
+#: `patterns` runs only the pattern detectors (PII without NER, secrets, a custom regex).
+GUARDED_PORTS = {"meshgate-guarded": 18085, "meshgate-patterns": 18086}
+GUARDED_MESH = {
+    "meshgate-guarded": """guards:
+  - name: cloud-egress
+    apply_to: {{hosting: [cloud]}}
+    input:  {{pii: redact, secrets: block, injection: block, moderation: flag}}
+    output: {{pii: redact, secrets: block, moderation: block, leakage: block}}
+    on_error: block
+models:
+  - {model}
+""",
+    "meshgate-patterns": """detectors:
+  - {{name: pii-patterns, kind: pii, ner: false}}
+  - {{name: codenames, kind: regex, pattern: "Project (Heron|Falcon)"}}
+guards:
+  - name: patterns
+    apply_to: {{hosting: [cloud]}}
+    input:  {{pii-patterns: redact, secrets: block, codenames: block}}
+    output: {{pii-patterns: redact, secrets: block}}
+models:
+  - {model}
+""",
+}
+GUARDED_MODEL = (
+    '{{name: bench, provider: openai-compatible, model: bench-model, base_url: "{base}", '
+    'api_key: "${{BENCH_UPSTREAM_KEY}}", price: {{input: 2.5, output: 10.0}}}}'
+)
 #: Portkey's gateway has no key of its own: the provider, the upstream's address and key travel in headers.
 PORTKEY_HEADERS = {
     "Authorization": f"Bearer {UPSTREAM_KEY}",
@@ -244,8 +274,21 @@ def main() -> None:
         help="also run `meshgate-routed`: bench as a two-deployment route with the exact cache on, every "
         "request a cache miss",
     )
+    parser.add_argument(
+        "--guards",
+        action="store_true",
+        help="also run `meshgate-guarded` (the issue's cloud-egress guard) and `meshgate-patterns` (pattern "
+        "detectors only) on the same upstream",
+    )
     args = parser.parse_args()
-    ensure_free(UPSTREAM_PORT, MESHGATE_PORT, LITELLM_PORT, PORTKEY_PORT, *([ROUTED_PORT] if args.routed else []))
+    ensure_free(
+        UPSTREAM_PORT,
+        MESHGATE_PORT,
+        LITELLM_PORT,
+        PORTKEY_PORT,
+        *([ROUTED_PORT] if args.routed else []),
+        *(GUARDED_PORTS.values() if args.guards else []),
+    )
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is missing: apt-get install nginx-light wrk")
@@ -287,6 +330,17 @@ def main() -> None:
                 f"http://127.0.0.1:{ROUTED_PORT}/v1/chat/completions",
                 {"Authorization": f"Bearer {routed_key}"},
             )
+
+        if args.guards:
+            base = f"http://127.0.0.1:{UPSTREAM_PORT}/v1"
+            for name, port in GUARDED_PORTS.items():
+                guarded_env = {**env, "MESHGATE_DATA_DIR": str(tmp / name)}
+                guarded_config = tmp / f"{name}.yaml"
+                guarded_config.write_text(GUARDED_MESH[name].format(model=GUARDED_MODEL.format(base=base)))
+                guarded_key = create_key(guarded_env, *EVERY_CONTROL)
+                processes[name] = start_meshgate(guarded_env, port, "--config", str(guarded_config), *workers)
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                targets[name] = (url, {"Authorization": f"Bearer {guarded_key}"})
 
         # -- LiteLLM's proxy, one worker, same upstream ------------------------------------------
         if args.litellm:
@@ -360,12 +414,18 @@ def table(results: Results) -> str:
     peers = [peer for peer in PEERS if any(r.target == peer for r in results.runs)]
     columns = ["target", "connections", "req/s", "p50 ms", "p99 ms", "p50 added ms", "p99 added ms"]
     columns += [f"meshgate vs {PEERS[peer]}" for peer in peers]
+    variants = any(r.target.startswith("meshgate-") for r in results.runs)
+    if variants:
+        columns.append("of plain meshgate")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for (target, count), (rps, p50, p99) in sorted(medians.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         base = medians.get(("upstream", count))
         added = [f"{p50 - base[1]:.2f}", f"{p99 - base[2]:.2f}"] if base and target != "upstream" else ["", ""]
         ratios = [ratio(medians, target, peer, count) for peer in peers]
         cells = [target, str(count), f"{rps:,.0f}", f"{p50:.2f}", f"{p99:.2f}", *added, *ratios]
+        if variants:
+            plain = medians.get(("meshgate", count))
+            cells.append(f"{rps / plain[0]:.2f}" if plain and target.startswith("meshgate-") else "")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Peak RSS (MB): " + ", ".join(f"{k} {v}" for k, v in results.peak_rss_mb.items()))

@@ -13,13 +13,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from meshgate.api import admin, anthropic, completions, health, openai, openapi, responses_api
+from meshgate.api import admin, anthropic, completions, guards, health, openai, openapi, responses_api, reviews
 from meshgate.api.auth import AuthMiddleware
 from meshgate.api.responses import clip, error_response, unexpected_error
 from meshgate.api.sse import RAW_SEND
 from meshgate.collector import Collector
 from meshgate.errors import HeadersTooLarge, MeshError, MethodNotAllowed, RouteNotFound, StartupError
 from meshgate.gateway.runtime import Runtime
+from meshgate.guards.release import make_release
 from meshgate.observe import metrics
 from meshgate.observe.counters import Counters
 
@@ -184,7 +185,9 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> _MeshApp:
             *responses_api.ROUTES,
             *completions.ROUTES,
             *anthropic.ROUTES,
+            *guards.ROUTES,
             *admin.ROUTES,
+            *reviews.ROUTES,
             *metrics.ROUTES,
             *health.ROUTES,
             *openapi.ROUTES,
@@ -194,6 +197,13 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> _MeshApp:
     )
     app.startup_failure = startup_failure
     app.state.runtime = runtime
+    # GET /v1/reviews/{id} runs an approved call that was held on input, as the key that sent it.
+    app.state.review_release = make_release(
+        lambda: runtime.pipeline,
+        (lambda key_id: runtime.keys.principal_by_id(key_id) if runtime.keys is not None else None)
+        if runtime.settings.auth
+        else None,
+    )
     app.state.metrics = runtime.metrics
     app.state.counters = counters
     app.state.collector = collector

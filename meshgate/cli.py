@@ -163,8 +163,15 @@ def _register_cache() -> None:
     cache_cli.register(cli, _load)
 
 
+def _register_reviews() -> None:
+    from meshgate.guards import reviews_cli
+
+    reviews_cli.register(cli, _load)
+
+
 _register_control()
 _register_cache()
+_register_reviews()
 _plugins.hook.register_commands(cli=cli)
 
 

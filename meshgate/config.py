@@ -31,6 +31,8 @@ from pydantic import SecretStr, ValidationError
 from meshgate.cache.config import CacheConfig
 from meshgate.data_classes import DEFAULT_ALLOWED_HOSTING, HOSTINGS, data_class_problem
 from meshgate.errors import ConfigError
+from meshgate.guards.config import DetectorSpec, GuardPolicy, check_references
+from meshgate.guards.engine import Guards
 from meshgate.names import name_problem
 from meshgate.providers.base import ModelConfig, ProviderType
 from meshgate.routing.config import ROUTE_FIELDS, SHARED_FIELDS, RouteConfig
@@ -51,7 +53,7 @@ DEFAULT_MODELS: list[dict[str, Any]] = [
     },
 ]
 
-TOP_LEVEL_KEYS = ("server", "models", "cache", "data_classes")
+TOP_LEVEL_KEYS = ("server", "models", "cache", "data_classes", "detectors", "guards")
 
 
 @dataclass
@@ -67,6 +69,11 @@ class MeshConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     #: Which hostings each data class may reach (`data_classes:`, over the defaults).
     data_classes: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_ALLOWED_HOSTING))
+    #: `detectors:` and `guards:`, and the detectors and guards built from them (None only for the
+    #: embedded defaults, which define none).
+    detectors: list[DetectorSpec] = field(default_factory=list)
+    guards: list[GuardPolicy] = field(default_factory=list)
+    guard_engine: Guards | None = field(default=None, repr=False, compare=False)
 
     #: Effective cache configurations by model, made once (a reload makes a new MeshConfig).
     _cache_configs: dict[str, CacheConfig] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -297,6 +304,35 @@ def _parse_cache(raw: Any, source: str) -> CacheConfig:
         raise ConfigError(_format_validation_error(source, ["cache"], exc)) from None
 
 
+def _parse_guards(resolved: dict[str, Any], source: str) -> tuple[list[DetectorSpec], list[GuardPolicy], Guards]:
+    parsed: dict[str, list[Any]] = {"detectors": [], "guards": []}
+    for key, model in (("detectors", DetectorSpec), ("guards", GuardPolicy)):
+        into = parsed[key]
+        raw = resolved.get(key)
+        if raw is None:
+            continue
+        if not isinstance(raw, list):
+            raise ConfigError(f"{source}: {key}: expected a list")
+        for index, item in enumerate(raw):
+            if not isinstance(item, dict):
+                raise ConfigError(f"{source}: {key}[{index}]: expected a mapping")
+            try:
+                into.append(model.model_validate(item))
+            except ValidationError as exc:
+                raise ConfigError(_format_validation_error(source, [key, index], exc)) from None
+    detectors: list[DetectorSpec] = parsed["detectors"]
+    guards: list[GuardPolicy] = parsed["guards"]
+    problems = check_references(guards, detectors)
+    if problems:
+        raise ConfigError(f"{source}: {problems[0]}")
+    for index, spec in enumerate(detectors):
+        try:
+            Guards((), [spec])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: detectors[{index}] ({spec.name}): {exc}") from None
+    return detectors, guards, Guards(guards, detectors)
+
+
 def load_config(path: str | Path | None, provider_types: dict[str, ProviderType]) -> MeshConfig:
     """Load and validate mesh.yaml, or the embedded defaults when `path` is None."""
     if path is None:
@@ -334,6 +370,7 @@ def load_config(path: str | Path | None, provider_types: dict[str, ProviderType]
     else:
         models = parse_models(DEFAULT_MODELS, provider_types, "defaults")
         defaults = True
+    detectors, guards, engine = _parse_guards(resolved, source)
     return MeshConfig(
         path=source,
         server=server,
@@ -342,6 +379,9 @@ def load_config(path: str | Path | None, provider_types: dict[str, ProviderType]
         uses_default_models=defaults,
         cache=_parse_cache(resolved.get("cache"), source),
         data_classes=_parse_data_classes(resolved.get("data_classes"), source),
+        detectors=detectors,
+        guards=guards,
+        guard_engine=engine,
     )
 
 

@@ -53,6 +53,17 @@ def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) 
     register(RateLimit(admission))
     register(Budget(admission))
     register(CapabilityCheck())
+    from meshgate.guards.step import GuardStep
+
+    data_class_routing = DataClassRouting(lambda: runtime.allowed_hosting)
+    register(
+        GuardStep(
+            lambda: runtime.config.guard_engine,
+            lambda: runtime.reviews,
+            data_class_routing.enforce,
+            lambda *labels_and_n: runtime.metrics.guard_findings.labels(*labels_and_n[:5]).inc(labels_and_n[5]),
+        )
+    )
     if runtime.usage is not None:
         register(UsageStep(runtime.usage))
     if runtime.audit_writer is not None:

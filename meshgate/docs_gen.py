@@ -12,6 +12,7 @@ from pydantic.fields import FieldInfo
 
 from meshgate.cache.config import CacheConfig
 from meshgate.data_classes import DEFAULT_ALLOWED_HOSTING
+from meshgate.guards.config import ApplyTo, GuardPolicy, Rule
 from meshgate.plugins import make_plugin_manager, provider_types
 from meshgate.providers.base import ModelConfig
 from meshgate.routing.config import BreakerConfig, RouteConfig
@@ -100,6 +101,17 @@ def render() -> str:
         "The top-level `cache:` block (the default of every model) and a model's own `cache:` (which "
         "overrides the fields it sets). See docs/cache.md.",
         CacheConfig,
+    )
+    lines += _section(
+        "Guards",
+        "Each entry of the top-level `guards:` list. See docs/guards.md for detectors and actions.",
+        GuardPolicy,
+    )
+    lines += _section("Guard `apply_to:`", "Every list given must match; names are shell-style patterns.", ApplyTo)
+    lines += _section(
+        "Guard rules",
+        "The long form of an `input:` or `output:` entry (`pii: redact` is short for `pii: {action: redact}`).",
+        Rule,
     )
     lines += [
         "## Data classes",

@@ -17,6 +17,9 @@ class MeshError(Exception):
     default_code: ClassVar[str | None] = None
     #: A short stable name for logs and metrics ("invalid_request", "upstream_timeout", ...).
     kind: ClassVar[str] = "internal"
+    #: True for answers that are not failures (a call held for review): every API sends body() as
+    #: it is instead of wrapping it in its own error schema.
+    verbatim: ClassVar[bool] = False
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)

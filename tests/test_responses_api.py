@@ -310,7 +310,10 @@ async def test_local_model_plain_and_streamed(local_url: str, local_client: AppC
     ) as stream:
         deltas = [event.delta async for event in stream if event.type == "response.output_text.delta"]
         final = await stream.get_final_response()
-    assert "".join(deltas) == final.output_text == plain.output_text
+    # Not compared with `plain`: the second call reuses the first one's prompt prefix in the model's
+    # cache, which changes the logits in their last bits, enough to flip a greedy near-tie (the
+    # Responses API has no `seed`, which would make the local model evaluate from scratch).
+    assert "".join(deltas) == final.output_text and final.output_text
     assert final.usage is not None and final.usage.input_tokens == plain.usage.input_tokens
     assert final.status == plain.status
 

@@ -61,7 +61,8 @@ def _error_response(request: Request, error: MeshError) -> Response:
         extra={"request_id": getattr(request.state, "request_id", "")},
     )
     status, body = error_body(error)
-    body["error"]["message"] = clip(body["error"]["message"])
+    if "error" in body:
+        body["error"]["message"] = clip(body["error"]["message"])
     return JSONBytesResponse(body, status_code=status, headers=error.headers())
 
 

@@ -150,8 +150,14 @@ def error_status_and_type(error: MeshError) -> tuple[int, str]:
 
 
 def error_body(error: MeshError) -> tuple[int, dict[str, Any]]:
+    if error.verbatim:
+        return error.status, error.body()
     status, kind = error_status_and_type(error)
-    return status, {"type": "error", "error": {"type": kind, "message": error.message}}
+    fields = {"type": kind, "message": error.message}
+    if error.code == "guard_blocked":
+        # Anthropic's schema has no code; a guard's refusal carries ours so clients can tell it apart.
+        fields["code"] = error.code
+    return status, {"type": "error", "error": fields}
 
 
 # -- request translation --------------------------------------------------------------------------

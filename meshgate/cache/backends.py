@@ -20,6 +20,7 @@ import struct
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ T = TypeVar("T")
 MAX_CANDIDATES = 256
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     id: str
     value: bytes
@@ -99,6 +100,12 @@ class Backend(ABC):
     @abstractmethod
     async def put(self, entry: Entry) -> None: ...
 
+    def put_later(self, entry: Entry) -> Awaitable[None] | None:
+        """Start writing `entry` without waiting for it: what to wait for until it is written, or
+        None when nothing new is (written already, or joining a write under way). The cache stores
+        every miss this way: a backend that batches or writes in memory costs no task per entry."""
+        return self.put(entry)
+
     @abstractmethod
     async def purge(self, where: PurgeFilter) -> int:
         """Remove the matching entries; how many were removed."""
@@ -160,6 +167,12 @@ class MemoryBackend(Backend):
         return entry.value if entry is not None else None
 
     async def put(self, entry: Entry) -> None:
+        self._put(entry)
+
+    def put_later(self, entry: Entry) -> None:
+        self._put(entry)  # in memory: done at once, nothing to wait for
+
+    def _put(self, entry: Entry) -> None:
         if entry.size > self.max_bytes:
             return
         self._remove(entry.id)
@@ -317,6 +330,13 @@ class SQLiteBackend(Backend):
     async def put(self, entry: Entry) -> None:
         """Queued and written with the others that come meanwhile, in one transaction; returns when
         the entry is on disk."""
+        self.put_later(entry)
+        assert self._flushing is not None
+        await asyncio.shield(self._flushing)
+
+    def put_later(self, entry: Entry) -> asyncio.Task[None] | None:
+        """Queue `entry` for the next batch; the flush task when this started one (one task per
+        batch, not one per entry: the whole miss path then costs a list append here)."""
         self._pending.append(entry)
         if self._known is not None:
             if len(self._known) >= MAX_KNOWN:
@@ -325,7 +345,8 @@ class SQLiteBackend(Backend):
                 self._known[entry.id] = entry.expires
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.ensure_future(self._flush())
-        await asyncio.shield(self._flushing)
+            return self._flushing
+        return None
 
     async def _flush(self) -> None:
         # Let the puts of the next few milliseconds join the batch: under load one transaction

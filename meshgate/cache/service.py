@@ -37,8 +37,11 @@ class ResponseCache:
         self._stores = Background(log, "cache: storing an entry")
 
     def store(self, entry: Entry) -> None:
-        """Write `entry` in the background: the answer goes out without waiting for the store."""
-        self._stores.spawn(self.backend.put(entry))
+        """Write `entry` in the background: the answer goes out without waiting for the store. Only
+        new work is tracked (a batch's flush once, not each entry that joins it)."""
+        pending = self.backend.put_later(entry)
+        if pending is not None:
+            self._stores.spawn(pending)
 
     async def flush(self) -> None:
         """Wait for the stores under way."""

@@ -63,7 +63,7 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
-@dataclass
+@dataclass(slots=True)
 class _Plan:
     """What `after` needs to store a miss."""
 
@@ -79,6 +79,21 @@ def _directives(value: str | None) -> set[str]:
     if not value:
         return set()
     return {part.strip().split("=", 1)[0].lower() for part in value.split(",")}
+
+
+_NO_HEADERS: Mapping[str, str] = {}
+
+
+def _cache_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """`headers`, or an empty mapping when none of them speaks to the cache (most calls): one pass
+    over the raw names instead of a scan of them per header the cache reads."""
+    raw = getattr(headers, "raw", None)  # Starlette's Headers: lowercase names, as ASGI sends them
+    if not isinstance(raw, list):
+        return headers
+    for name, _ in raw:
+        if name == b"cache-control" or name.startswith(b"x-meshgate-cache"):
+            return headers
+    return _NO_HEADERS
 
 
 def _truthy(value: str | None) -> bool:
@@ -132,7 +147,7 @@ class CacheStep(Step):
         config = self.config_for(call.model_name)
         if config.mode == "off":
             return
-        headers = call.headers
+        headers = _cache_headers(call.headers)
         directives = _directives(headers.get("cache-control"))
         if "no-store" in directives or not (
             config.nondeterministic or deterministic(request) or _truthy(headers.get(OPT_IN_HEADER))

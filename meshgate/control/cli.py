@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from meshgate.cli_options import settings_options
+from meshgate.control.grants import ROLES
 from meshgate.control.records import PERIODS, KeyRecord, Limits
 from meshgate.control.service import ControlService
 from meshgate.data_classes import DATA_CLASSES, DEFAULT_DATA_CLASS
@@ -201,7 +202,7 @@ def register(cli: click.Group, load: Callable[[str | None, dict[str, Any]], tupl
     @data_class_option
     @click.option("--team", required=True, help="The key's team (created if it does not exist).")
     @click.option("--name", default=None, help="A unique name (default: TEAM-xxxx).")
-    @click.option("--role", type=click.Choice(["admin", "developer", "app"]), default="developer", show_default=True)
+    @click.option("--role", type=click.Choice(list(ROLES)), default="developer", show_default=True)
     @click.option("--expires", default=None, help="ISO date or time after which the key stops working.")
     def keys_create(
         config_path: str | None,

@@ -41,8 +41,23 @@ ROLES: dict[str, tuple[Grant, ...]] = {
         Grant("knowledge", "*", "use"),
         Grant("app", "*", "use"),
         Grant("metrics", "*", "read"),
+        # The guards' detectors as a service (/v1/guards/scan, /v1/moderations).
+        Grant("guard", "*", "use"),
     ),
-    "app": (Grant("model", "*", "use"), Grant("knowledge", "*", "use"), Grant("app", "*", "use")),
+    "app": (
+        Grant("model", "*", "use"),
+        Grant("knowledge", "*", "use"),
+        Grant("app", "*", "use"),
+        Grant("guard", "*", "use"),
+    ),
+    # Reviewers work the guards' review queue (`review:<guard>:read|decide`, through /admin/reviews)
+    # and call no model: a reviewer key cannot be used to run what it reviews.
+    "reviewer": (
+        Grant("review", "*", "read"),
+        Grant("review", "*", "decide"),
+        Grant("admin", "reviews", "read"),
+        Grant("admin", "reviews", "write"),
+    ),
 }
 
 

@@ -25,7 +25,7 @@ from meshgate.errors import ConfigError
 log = logging.getLogger("meshgate.control")
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
-ROLE_RANK = ("admin", "developer", "app")  # the strongest role a token carries wins
+ROLE_RANK = ("admin", "developer", "app", "reviewer")  # the strongest role a token carries wins
 REFRESH_SECONDS = 300
 
 

@@ -141,6 +141,10 @@ class KeyStore:
         self._failures = 0
         self._warned_at = -math.inf
 
+    def principal_by_id(self, key_id: str) -> Principal | None:
+        """An active key's principal by key id (rare: a review queue releasing a held call)."""
+        return next((p for _, p in self.by_hash.values() if p.key_id == key_id), None)
+
     async def reload(self) -> None:
         async with self._reloading:
             version = await self.service.version()

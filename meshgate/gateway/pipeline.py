@@ -86,6 +86,9 @@ class Call:
     response_text: str | None = None
     #: Free space for steps to hand facts to each other (policy decisions, reservations...).
     notes: dict[str, Any] = field(default_factory=dict)
+    #: Set by a `before` step (the guards) that must see and may change the answer on its way to the
+    #: client: see OutputTransform. The cache keeps the answer as the model gave it, before this.
+    output: OutputTransform | None = None
 
     @property
     def model_name(self) -> str:
@@ -128,6 +131,17 @@ class ChunkSink(Protocol):
     async def start(self) -> None:
         """Called once, after the first chunk arrived (or the stream ended without one), before
         any chunk is delivered."""
+
+
+class OutputTransform(Protocol):
+    """Checks and rewrites an answer between the model (or the cache) and the client. It may raise
+    a MeshError: before the first chunk that is a plain error response, after it an error event."""
+
+    async def complete(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The whole answer as the client gets it (a new dict: `result` may be cached)."""
+
+    def stream(self, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        """The chunks as the client gets them (new dicts: the originals may be cached)."""
 
 
 class Step:
@@ -204,6 +218,8 @@ class Pipeline:
             call.first_token_at = time.monotonic()
             if call.keep_answer:
                 call.answer = result
+            if call.output is not None:
+                result = await call.output.complete(result)
             usage = result.get("usage") or {}
             call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             call.completion_tokens = int(usage.get("completion_tokens") or 0)
@@ -221,9 +237,17 @@ class Pipeline:
         call.stream = True
         async with self._calling(call, ChatModel) as model:
             replay = call.replay
-            chunks = model.stream(call.request, call.context()) if replay is None else _replayed(replay)
+            source = model.stream(call.request, call.context()) if replay is None else _replayed(replay)
+            chunks = source
             pieces: list[str] | None = [] if self.capture_content else None
-            kept: list[dict[str, Any]] | None = [] if call.keep_answer else None
+            answer: list[dict[str, Any]] | None = [] if call.keep_answer else None
+            kept = answer
+            if call.output is not None:
+                # The cache keeps what the model said; the client gets what the output guard let through.
+                if kept is not None:
+                    chunks = _kept(chunks, kept)
+                    kept = None
+                chunks = call.output.stream(chunks)
             deliver = sink.deliver
 
             def take(chunk: dict[str, Any]) -> None:
@@ -260,10 +284,12 @@ class Pipeline:
                         ) from exc
             finally:
                 await chunks.aclose()  # type: ignore[attr-defined]
+                if chunks is not source:
+                    await source.aclose()  # type: ignore[attr-defined]
                 if pieces is not None:
                     call.response_text = "".join(pieces)
-                if kept is not None:
-                    call.answer = kept
+                if answer is not None:
+                    call.answer = answer
 
     async def embed(self, call: Call, texts: EmbeddingInput) -> Embeddings:
         assert isinstance(call.request, EmbeddingRequest)
@@ -281,6 +307,13 @@ def _served(call: Call, model: Model) -> None:
     if ctx.deployment is None:
         ctx.deployment = model.name
     call.response_headers["x-meshgate-deployment"] = ctx.deployment
+
+
+async def _kept(chunks: AsyncIterator[dict[str, Any]], kept: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """Pass chunks on, keeping a copy of each (what the cache stores)."""
+    async for chunk in chunks:
+        kept.append(dict(chunk))
+        yield chunk
 
 
 async def _replayed(chunks: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

@@ -23,6 +23,7 @@ from meshgate.control.service import ControlService
 from meshgate.errors import ConfigError, StartupError
 from meshgate.gateway.pipeline import Pipeline, Step
 from meshgate.gateway.reload import ConfigReloader, build_models
+from meshgate.guards.reviews import ReviewStore
 from meshgate.observe.audit import AuditEvent, AuditLog, AuditWriter, Signer
 from meshgate.observe.audit_anchor import default_anchor
 from meshgate.observe.counters import Counters
@@ -67,6 +68,8 @@ class Runtime:
         self.audit: AuditLog | None = None
         self.audit_writer: AuditWriter | None = None
         self.control: ControlService | None = None
+        #: The human review queue of the guards (on the database, once started).
+        self.reviews: ReviewStore | None = None
         self.keys: KeyStore | None = None
         self.oidc: OidcVerifier | None = None
         self.policy = Policy(None)
@@ -96,6 +99,7 @@ class Runtime:
         self.audit_writer = AuditWriter(self.audit)
         await self.audit_writer.start()
         self.control = ControlService(self.db, self.audit, actor="system")
+        self.reviews = ReviewStore(self.db, self.audit)
         if self.settings.auth:
             self.keys = KeyStore(self.control)
             await self.keys.start()

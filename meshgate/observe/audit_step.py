@@ -54,8 +54,16 @@ class AuditStep(Step):
                     "data_class": call.ctx.data_class,
                     "failovers": [{"deployment": d, "reason": r} for d, r in call.ctx.failovers],
                     "cache": call.cache,
+                    # What guards found: kinds, actions and counts, never values.
+                    "guards": _guards_record(call.notes.get("guards")),
                 },
                 content=self._content(call),
                 ts=call.started_wall,
             )
         )
+
+
+def _guards_record(record: object) -> dict[str, object] | None:
+    if not isinstance(record, dict):
+        return None
+    return {"guards": list(record.get("guards") or ()), "findings": dict(record.get("findings") or {})}

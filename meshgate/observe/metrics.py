@@ -77,6 +77,12 @@ class Metrics:
         self.cache_saved = Counter(
             "meshgate_cache_saved_usd", "Upstream cost saved by cache hits, in USD, by model", ["model"], registry=r
         )
+        self.guard_findings = Counter(
+            "meshgate_guard_findings",
+            "What guards found and did, by guard, direction, detector, kind and action (never values)",
+            ["guard", "direction", "detector", "kind", "action"],
+            registry=r,
+        )
         self.in_flight = Gauge("meshgate_in_flight_requests", "Model calls in progress", registry=r)
 
     def render(self) -> bytes:

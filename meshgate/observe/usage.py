@@ -47,5 +47,12 @@ class UsageStep(Step):
                 else None,
                 cache=call.cache,
                 cost_saved_usd=call.cost_saved_usd,
+                guards=_guards_json(call.notes.get("guards")),
             )
         )
+
+
+def _guards_json(record: object) -> str | None:
+    if not isinstance(record, dict):
+        return None
+    return json.dumps({"guards": list(record.get("guards") or ()), "findings": dict(record.get("findings") or {})})

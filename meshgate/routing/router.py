@@ -16,7 +16,6 @@ pipeline records it as cut); a model is never switched in the middle of an answe
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import time
@@ -143,7 +142,7 @@ def union_profile(profiles: Sequence[CapabilityProfile]) -> CapabilityProfile:
     return CapabilityProfile(**values)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Attempts:
     """The failover loop's bookkeeping for one call."""
 
@@ -231,6 +230,10 @@ class RouteBase(Model):
             (h for h in ("cloud", "private", "local") if any(d.hosting == h for d in deployments)), "cloud"
         )
         self._wrapped: dict[int, Deployment] = {}
+        #: The hostings of the route's own deployments (`allows`, on every call).
+        self._hostings = frozenset(d.hosting for d in deployments)
+        #: Per deployment: its profile, and whether it is the route's (then `unfit` checks nothing more).
+        self._same_profile: dict[Deployment, tuple[CapabilityProfile, bool]] = {}
 
     # start() and close() stay no-ops: the runtime starts and closes the deployments' models itself,
     # because a deployment that a config reload left unchanged outlives its route object.
@@ -288,7 +291,7 @@ class RouteBase(Model):
     def allows(self, data_class: str) -> bool:
         """Whether a call of `data_class` has any deployment (or fallback) it may go to."""
         allowed = self.allowed_hosting.get(data_class, ())
-        if any(d.hosting in allowed for d in self.deployments):
+        if not self._hostings.isdisjoint(allowed):
             return True
         for name in self.config.fallbacks:
             model = self.lookup(name)
@@ -330,8 +333,11 @@ class RouteBase(Model):
         seen: set[str] = set()
         refusal: MeshError | None = None
         circuits_open: list[Deployment] = []
-        prompt_tokens = functools.cache(lambda: estimate_prompt_tokens(request))
-        for deployment in self.own_order(ctx) + self._fallback_deployments(ctx):
+        prompt_tokens = _Once(estimate_prompt_tokens, request)
+        order = self.own_order(ctx)
+        if self.config.fallbacks:
+            order += self._fallback_deployments(ctx)
+        for deployment in order:
             if deployment.name in seen or deployment.hosting not in allowed:
                 continue
             seen.add(deployment.name)
@@ -359,12 +365,34 @@ class RouteBase(Model):
         deadline = ctx.started + self.timeout
         return _Attempts(self, ctx, plan, deadline, limit)
 
+    def _is_route_profile(self, deployment: Deployment, profile: CapabilityProfile) -> bool:
+        """`profile == self.profile`, compared once per deployment and profile, not on every call."""
+        known = self._same_profile.get(deployment)
+        if known is None or known[0] is not profile:
+            known = self._same_profile[deployment] = (profile, profile == self.profile)
+        return known[1]
+
+
+class _Once:
+    """`fn(arg)`, computed on the first call only (the prompt estimate, asked per deployment)."""
+
+    __slots__ = ("arg", "fn", "value")
+
+    def __init__(self, fn: Callable[[Any], int], arg: Any) -> None:
+        self.fn, self.arg = fn, arg
+        self.value: int | None = None
+
+    def __call__(self) -> int:
+        if self.value is None:
+            self.value = self.fn(self.arg)
+        return self.value
+
 
 class RoutedChatModel(RouteBase, ChatModel):
     def unfit(self, deployment: Deployment, request: Any, prompt_tokens: Callable[[], int]) -> MeshError | None:
         assert isinstance(request, ChatCompletionRequest)
         profile = deployment.model.profile
-        if profile != self.profile:  # the capability step checked the route's own profile already
+        if not self._is_route_profile(deployment, profile):  # the capability step checked the route's own
             try:
                 check_chat(request, profile)
             except MeshError as exc:

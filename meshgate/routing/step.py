@@ -39,13 +39,21 @@ class DataClassRouting(Step):
         ctx = call.ctx
         ctx.data_class = data_class
         model = call.model
-        assert model is not None
         if isinstance(model, RouteBase):
             sticky = model.config.sticky
             if sticky == "user":
                 ctx.sticky_key = call.request.user or (principal.key_id if principal is not None else None)
             elif sticky == "key" and principal is not None:
                 ctx.sticky_key = principal.key_id
+        self.enforce(call)
+
+    def enforce(self, call: Call) -> None:
+        """Refuse the call when its model has no deployment its data class may reach. The guards
+        call this again after their findings raised the class."""
+        data_class = call.ctx.data_class
+        model = call.model
+        assert model is not None
+        if isinstance(model, RouteBase):
             if model.allows(data_class):
                 return
             where = ", ".join(f"{d.name} ({d.hosting})" for d in model.deployments)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import random
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
@@ -33,14 +34,21 @@ class Candidate(Protocol):
 
 C = TypeVar("C", bound=Candidate)
 
+_first = operator.itemgetter(0)
+
 
 def weighted_order(items: Sequence[C], rand: Callable[[], float] = random.random) -> list[C]:
+    if len(items) == 2 and items[0].weight > 0 and items[1].weight > 0:
+        # The common A/B split, on every call: one draw, the same odds as the keys below
+        # (P(u1^(1/a) > u2^(1/b)) = a / (a + b)).
+        first, second = items
+        return [first, second] if rand() * (first.weight + second.weight) < first.weight else [second, first]
     keyed = []
     for item in items:
         if item.weight <= 0:
             continue
         keyed.append((rand() ** (1.0 / item.weight), item))
-    keyed.sort(key=lambda pair: pair[0], reverse=True)
+    keyed.sort(key=_first, reverse=True)
     return [item for _, item in keyed] + [item for item in items if item.weight <= 0]
 
 
@@ -52,7 +60,7 @@ def _unit(key: str, name: str) -> float:
 def sticky_order(items: Sequence[C], key: str) -> list[C]:
     """Weighted rendezvous hashing: score -w / ln(u(key, deployment)), highest first."""
     scored = [(-item.weight / math.log(_unit(key, item.name)) if item.weight > 0 else -1.0, item) for item in items]
-    scored.sort(key=lambda pair: pair[0], reverse=True)
+    scored.sort(key=_first, reverse=True)
     return [item for _, item in scored]
 
 

@@ -165,6 +165,42 @@ MIGRATIONS: list[Migration] = [
             "ALTER TABLE api_keys ADD COLUMN data_class TEXT",
         ),
     ),
+    Migration(
+        "0008_reviews",
+        (
+            # The human review queue of the guards (meshgate/guards/reviews.py): calls held for a
+            # reviewer and flagged calls sampled for labelling. findings is a JSON list of
+            # {"kind", "detector", "count"} (never values); request and response are JSON bodies.
+            """CREATE TABLE reviews (
+                id TEXT PRIMARY KEY,
+                created DOUBLE PRECISION NOT NULL,
+                status TEXT NOT NULL,
+                direction TEXT NOT NULL,
+                guard TEXT NOT NULL,
+                model TEXT NOT NULL,
+                key_id TEXT,
+                team TEXT,
+                request_id TEXT,
+                findings TEXT NOT NULL,
+                request TEXT,
+                response TEXT,
+                stream INTEGER NOT NULL,
+                decided_by TEXT,
+                decided_at DOUBLE PRECISION,
+                label TEXT,
+                note TEXT
+            )""",
+            "CREATE INDEX reviews_status_created ON reviews (status, created)",
+            "CREATE INDEX reviews_created ON reviews (created)",
+        ),
+    ),
+    Migration(
+        "0009_usage_guards",
+        (
+            # What the guards found and did on each call: JSON of kinds, actions and counts.
+            "ALTER TABLE usage ADD COLUMN guards TEXT",
+        ),
+    ),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS meshgate_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"

@@ -29,6 +29,7 @@ USAGE_COLUMNS = (
     "failovers",
     "cache",
     "cost_saved_usd",
+    "guards",
 )
 
 INSERT_USAGE = (
@@ -69,6 +70,9 @@ class UsageRecord:
     cache: str | None = None
     #: What a cache hit saved: the upstream cost of the answer it replayed.
     cost_saved_usd: float = 0.0
+    #: What guards found and did: JSON {"guards": [...], "findings": {"input.pii.email.redact": 2}}
+    #: (kinds, actions and counts, never values), or None when no guard applied.
+    guards: str | None = None
 
     def row(self) -> tuple[object, ...]:
         # One C call in column order rather than dataclasses.astuple, which deep-copies each value:

@@ -126,6 +126,7 @@ async def test_model_calls_and_key_changes_are_audited(mesh: AppClient) -> None:
         "check-capabilities",
         "rate-limit",
         "budget",
+        "guards",
     ]
     assert calls[refused.headers["x-request-id"]][1]["error"] == "invalid_request"
     created = await runtime.db.fetchall("SELECT * FROM audit_log WHERE event = 'key.created' AND actor = 'system'")

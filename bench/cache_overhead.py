@@ -1,0 +1,251 @@
+"""What routing and the cache's miss path cost meshgate, in CPU time per request (issue 13 §5).
+
+    python bench/cache_overhead.py --duration 8 --rounds 3 --connections 32
+
+Throughput on a shared 2-core machine moves with whatever else runs; the CPU time the gateway
+process spends per request moves far less. So this starts one nginx upstream (a fixed chat
+completion) and one `meshgate serve` per variant, all with every control on (the key of
+bench/run.py: auth, RPM/TPM limits, a daily budget, a priced model, usage and audit records), and
+drives each in turn with wrk at a fixed concurrency, every request a new deterministic prompt
+(`temperature: 0`, a counter in it: each one a cache miss and a store when the cache is on). The
+gateway's CPU seconds (utime + stime of its process tree, every thread included: the SQLite
+writer's too) are read before and after each run:
+
+- **plain**: `bench` is one flat model, no cache;
+- **route**: `bench` is a two-deployment weighted route (50/50, both to the same nginx), no cache;
+- **route+memory**: the route, `cache: {mode: exact, backend: memory}`;
+- **route+sqlite**: the route, `cache: {mode: exact}` with the default backend (SQLite in the data dir).
+
+Variants run interleaved round by round; the table has the medians and each one's CPU per request
+against plain's (1.00 = no overhead; the issue's bound is throughput within 10%, i.e. about 1.11).
+
+CPU per request still moves when the machine is crowded (a gateway starved of CPU serves fewer
+requests per turn of its event loop, so each costs more). `--py-spy .venv/bin/py-spy` adds a
+measure that does not: py-spy samples the gateway during each run, and the share of its samples
+spent in meshgate/cache and meshgate/routing code (not counting the deployment's own call inside
+the route, which a flat model makes too) is what routing and the cache cost, as a fraction of
+the process's work; `share / (1 - share)` is the overhead against the same gateway without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import EVERY_CONTROL, create_key, ensure_free, process_tree, start_meshgate, start_nginx, write_mesh
+from run import COMPLETION, ROUTED_DEPLOYMENT, ROUTED_MESH, unique_wrk_script
+
+HERE = Path(__file__).resolve().parent
+#: Ports of their own, so that this runs beside bench/run.py.
+UPSTREAM_PORT = 18280
+FIRST_GATEWAY_PORT = 18281
+CACHE_BLOCKS = {"plain": None, "route": None, "route+memory": "memory", "route+sqlite": "auto"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process and its descendants (every thread counted)."""
+    total = 0
+    for one in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / CLOCK_TICKS
+
+
+def mesh_for(variant: str, tmp: Path) -> Path:
+    base = f"http://127.0.0.1:{UPSTREAM_PORT}/v1"
+    if variant == "plain":
+        folder = tmp / variant
+        folder.mkdir()
+        return write_mesh(folder, UPSTREAM_PORT, "bench-model")
+    text = ROUTED_MESH.format(
+        first=ROUTED_DEPLOYMENT.format(name="bench-a", base=base),
+        second=ROUTED_DEPLOYMENT.format(name="bench-b", base=base),
+    )
+    backend = CACHE_BLOCKS[variant]
+    if backend is None:
+        text = text.split("models:", 1)[1]
+        text = "models:" + text
+    else:
+        text = text.replace("  ttl: 1h\n", f"  ttl: 1h\n  backend: {backend}\n")
+    path = tmp / f"{variant.replace('+', '-')}.yaml"
+    path.write_text(text)
+    return path
+
+
+def wrk_count(url: str, script: Path, connections: int, duration: int) -> tuple[int, float, float, int]:
+    """Requests done, req/s, p99 ms and errors of one wrk run."""
+    out = subprocess.run(
+        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
+    p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)] if p99 else 0.0
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors += sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
+    return done, rps, p99_ms, errors
+
+
+def sampled_share(samples: Path) -> tuple[float, float]:
+    """From py-spy's raw output: the share of busy samples in meshgate/cache and in meshgate/routing."""
+    total = cache = routing = 0
+    for line in samples.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        frames = stack.split(";")
+        if frames[-1].startswith("_worker (concurrent/futures/thread.py") and "_WorkItem" not in stack:
+            continue  # an idle pool thread, waiting for work
+        n = int(count)
+        total += n
+        _, inside, rest = stack.partition("answer (meshgate/routing/router.py")
+        if inside and ";" in rest:
+            continue  # in the deployment's own call: what a flat model does too
+        if "meshgate/cache/" in stack:
+            cache += n
+        elif "meshgate/routing/" in stack:
+            routing += n
+    return cache / max(total, 1), routing / max(total, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--variants", default=",".join(CACHE_BLOCKS), help=f"some of {', '.join(CACHE_BLOCKS)}")
+    parser.add_argument("--output", type=Path, default=None, help="JSON results file")
+    parser.add_argument("--py-spy", default="", help="py-spy's path: also sample where each gateway spends its time")
+    parser.add_argument("--keep", action="store_true", help="leave the gateways up (print their pids) for a profiler")
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = set(variants) - set(CACHE_BLOCKS)
+    if unknown:
+        raise SystemExit(f"unknown variants: {', '.join(sorted(unknown))}")
+    ports = {variant: FIRST_GATEWAY_PORT + i for i, variant in enumerate(variants)}
+    ensure_free(UPSTREAM_PORT, *ports.values())
+
+    tmp = Path(tempfile.mkdtemp(prefix="meshgate-cache-overhead-"))
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    runs: list[dict[str, object]] = []
+    try:
+        processes["upstream"] = start_nginx(tmp, UPSTREAM_PORT, COMPLETION)
+        scripts: dict[str, Path] = {}
+        for variant in variants:
+            env = {
+                **os.environ,
+                "BENCH_UPSTREAM_KEY": "sk-upstream",
+                "MESHGATE_DATA_DIR": str(tmp / f"data-{variant.replace('+', '-')}"),
+            }
+            key = create_key(env, *EVERY_CONTROL)
+            processes[variant] = start_meshgate(env, ports[variant], "--config", str(mesh_for(variant, tmp)))
+            scripts[variant] = tmp / f"{variant.replace('+', '-')}.lua"
+            scripts[variant].write_text(unique_wrk_script({"Authorization": f"Bearer {key}"}))
+            # Warm up (imports, connections, the SQLite file): not measured.
+            wrk_count(f"http://127.0.0.1:{ports[variant]}/v1/chat/completions", scripts[variant], 4, 1)
+        if args.keep:
+            print(json.dumps({v: processes[v].pid for v in variants}), flush=True)
+        for round_index in range(args.rounds):
+            for variant in variants:
+                pid = processes[variant].pid
+                before = cpu_seconds(pid)
+                sampler = None
+                if args.py_spy:
+                    samples = tmp / f"samples-{variant.replace('+', '-')}-{round_index}.txt"
+                    command = [args.py_spy, "record", "-p", str(pid), "-d", str(max(1, args.duration - 2))]
+                    command += ["-r", "250", "--format", "raw", "--threads", "-o", str(samples)]
+                    sampler = subprocess.Popen(
+                        command,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                done, rps, p99, errors = wrk_count(
+                    f"http://127.0.0.1:{ports[variant]}/v1/chat/completions",
+                    scripts[variant],
+                    args.connections,
+                    args.duration,
+                )
+                time.sleep(0.3)  # the last batch of stores is written (50 ms batches) and counted
+                used = cpu_seconds(pid) - before
+                cpu_us = used / max(done, 1) * 1e6
+                run: dict[str, object] = {"variant": variant, "round": round_index + 1, "requests": done, "rps": rps}
+                run |= {"p99_ms": p99, "cpu_us_per_request": round(cpu_us, 1), "errors": errors}
+                sampled = ""
+                if sampler is not None:
+                    sampler.wait(30)
+                    cache_share, routing_share = sampled_share(samples)
+                    run |= {"cache_share": round(cache_share, 4), "routing_share": round(routing_share, 4)}
+                    sampled = f"  sampled: cache {cache_share:.1%} routing {routing_share:.1%}"
+                runs.append(run)
+                print(
+                    f"round {round_index + 1} {variant:<13} {done:>7} req  {rps:>7.0f} req/s  p99 {p99:7.2f} ms  "
+                    f"{cpu_us:7.1f} CPU-us/req  errors {errors}{sampled}",
+                    flush=True,
+                )
+        print(table(runs, variants))
+        output = args.output or HERE / "results" / f"cache-overhead-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps({"connections": args.connections, "runs": runs}, indent=2))
+        print(f"raw figures: {output}")
+        if args.keep:
+            input("gateways up; press Enter to stop them ")
+    finally:
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def table(runs: list[dict[str, object]], variants: list[str]) -> str:
+    """Medians per variant, and CPU per request and req/s against plain's."""
+    medians: dict[str, tuple[float, float, float]] = {}
+    for variant in variants:
+        mine = [r for r in runs if r["variant"] == variant]
+        medians[variant] = (
+            statistics.median(float(r["cpu_us_per_request"]) for r in mine),  # type: ignore[arg-type]
+            statistics.median(float(r["rps"]) for r in mine),  # type: ignore[arg-type]
+            statistics.median(float(r["p99_ms"]) for r in mine),  # type: ignore[arg-type]
+        )
+    plain = medians.get("plain")
+    sampled = any("cache_share" in r for r in runs)
+    lines = [
+        "| variant | CPU-us/req | vs plain | req/s | req/s vs plain | p99 ms |"
+        + (" sampled cache + routing |" * sampled),
+        "|---|---|---|---|---|---|" + "---|" * sampled,
+    ]
+    for variant, (cpu, rps, p99) in medians.items():
+        cpu_ratio = f"{cpu / plain[0]:.2f}" if plain else ""
+        rps_ratio = f"{rps / plain[1]:.2f}" if plain else ""
+        line = f"| {variant} | {cpu:.0f} | {cpu_ratio} | {rps:,.0f} | {rps_ratio} | {p99:.1f} |"
+        if sampled:
+            mine = [r for r in runs if r["variant"] == variant]
+            share = statistics.mean(float(r["cache_share"]) + float(r["routing_share"]) for r in mine)  # type: ignore[arg-type]
+            line += f" {share:.1%} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
