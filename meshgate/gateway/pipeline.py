@@ -86,6 +86,8 @@ class Call:
     response_text: str | None = None
     #: Free space for steps to hand facts to each other (policy decisions, reservations...).
     notes: dict[str, Any] = field(default_factory=dict)
+    #: Set by a `before` step (the guards) that rewrote an embedding call's texts (redaction).
+    embed_inputs: EmbeddingInput | None = None
     #: Set by a `before` step (the guards) that must see and may change the answer on its way to the
     #: client: see OutputTransform. The cache keeps the answer as the model gave it, before this.
     output: OutputTransform | None = None
@@ -294,6 +296,8 @@ class Pipeline:
     async def embed(self, call: Call, texts: EmbeddingInput) -> Embeddings:
         assert isinstance(call.request, EmbeddingRequest)
         async with self._calling(call, EmbeddingModel) as model:
+            if call.embed_inputs is not None:
+                texts = call.embed_inputs
             result = await model.embed(texts, call.context(), call.request.dimensions)
             call.first_token_at = time.monotonic()
             _served(call, model)

@@ -24,11 +24,11 @@ from meshgate.gateway.pipeline import ORDER_INPUT_GUARDS, Call, Step
 from meshgate.guards.engine import Guards, Hit, Outcome, Plan
 from meshgate.guards.errors import GuardBlocked, GuardFailed, ReviewHeld
 from meshgate.guards.findings import Direction, ScanContext
-from meshgate.guards.messages import rewrite, texts_of
+from meshgate.guards.messages import Text, rewrite, texts_of
 from meshgate.guards.output import OutputGuard
 from meshgate.guards.reviews import Review, ReviewStore
 from meshgate.guards.vault import Vault
-from meshgate.protocol import ChatCompletionRequest, to_wire
+from meshgate.protocol import ChatCompletionRequest, EmbeddingRequest, to_wire
 from meshgate.routing.router import RouteBase
 
 log = logging.getLogger("meshgate.guards")
@@ -65,7 +65,7 @@ class GuardStep(Step):
     async def before(self, call: Call) -> None:
         request = call.request
         guards = self.guards()
-        if guards is None or not guards.policies or not isinstance(request, ChatCompletionRequest):
+        if guards is None or not guards.policies:
             return
         model = call.model
         hostings = [d.hosting for d in model.deployments] if isinstance(model, RouteBase) else [model.hosting]  # type: ignore[union-attr]
@@ -82,6 +82,10 @@ class GuardStep(Step):
             return
         record: dict[str, Any] = {"guards": list(plan.guards), "findings": Counter()}
         call.notes[NOTES] = record
+        if isinstance(request, EmbeddingRequest):
+            await self._embedding(call, guards, plan, request, record)
+            return
+        assert isinstance(request, ChatCompletionRequest)
         texts = texts_of(request)
         prompt = "\n".join(t.text for t in texts if t.source == "system")
         released = bool(call.notes.get(RELEASED))
@@ -110,13 +114,33 @@ class GuardStep(Step):
                 guards, plan.output, vault, prompt, decide, plan.holds_output and not released, released
             )
 
+    async def _embedding(
+        self, call: Call, guards: Guards, plan: Plan, request: EmbeddingRequest, record: dict[str, Any]
+    ) -> None:
+        """Texts to embed are input like any prompt: checked, blocked or redacted (the vectors are of
+        the redacted texts; there is no answer to restore values in). Nothing to hold for review:
+        `review` blocks."""
+        if request.is_token_input:
+            return  # token ids: no text to check
+        texts = [Text(text, "user") for text in request.inputs() if isinstance(text, str)]
+        outcome = await guards.scan(texts, plan.input, ScanContext("input", "user", ""), review_as="block")
+        self._record(record, outcome, "input")
+        await self._decide(call, plan, outcome, "input", None, None)
+        spans = outcome.redactions()
+        if spans:
+            vault = Vault()
+            call.embed_inputs = [
+                vault.redact(text.text, spans[index]) if index in spans else text.text
+                for index, text in enumerate(texts)
+            ]
+
     async def _decide(
         self,
         call: Call,
         plan: Plan,
         outcome: Outcome,
         direction: Direction,
-        request: ChatCompletionRequest,
+        request: ChatCompletionRequest | None,
         answer: dict[str, Any] | None,
     ) -> None:
         failed = outcome.failed_closed()
@@ -151,7 +175,7 @@ class GuardStep(Step):
         flagged = outcome.severest("flag")
         queue = self.reviews()
         if review is not None:
-            if queue is None:
+            if queue is None or request is None:
                 raise _refused(
                     call,
                     direction,
@@ -170,7 +194,7 @@ class GuardStep(Step):
         rates = [hit.rule.rule.sample for hit in outcome.hits if hit.action == "flag" and hit.rule.rule.sample > 0]
         if direction == "input" and rates:
             record["sample"] = (max(rates), flagged.rule.guard if flagged is not None else "", _summary(outcome))
-        if direction == "output" and answer is not None and queue is not None:
+        if direction == "output" and answer is not None and queue is not None and request is not None:
             rate, guard, found = record.pop("sample", (0.0, "", []))
             if rates and max(rates) > rate:
                 rate, guard = max(rates), flagged.rule.guard if flagged is not None else guard

@@ -42,6 +42,7 @@ def mesh_yaml(base: str) -> str:
     models:
       - {{name: cloud-chat, provider: openai-compatible, model: echo, base_url: "{base}", hosting: cloud}}
       - {{name: local-echo, provider: openai-compatible, model: echo, base_url: "{base}", hosting: local}}
+      - {{name: cloud-embed, provider: openai-compatible, kind: embedding, model: echo, base_url: "{base}", capabilities: {{embedding_dimensions: 8}}}}
     """
 
 
@@ -333,3 +334,16 @@ async def test_flagged_calls_are_sampled_into_the_queue_with_their_answer(
             and items[0].response["choices"][0]["message"]["content"] == "echo: the tripwire words"
         )
         assert items[0].findings == [{"detector": "tripwire", "kind": "tripwire", "count": 1}]
+
+
+async def test_texts_to_embed_are_guarded_too(client: AppClient, upstream: FakeOpenAI) -> None:
+    response = await client.http.post(
+        "/v1/embeddings", json={"model": "cloud-embed", "input": [f"mail {EMAIL}", "plain"]}
+    )
+    assert response.status_code == 200, response.text
+    sent = upstream.state.requests[-1].body["input"]
+    assert sent == ["mail <EMAIL_1>", "plain"]
+    before = len(upstream.state.requests)
+    blocked = await client.http.post("/v1/embeddings", json={"model": "cloud-embed", "input": f"key {AWS}"})
+    assert blocked.status_code == 400 and blocked.json()["error"]["code"] == "guard_blocked"
+    assert len(upstream.state.requests) == before
