@@ -347,3 +347,46 @@ async def test_texts_to_embed_are_guarded_too(client: AppClient, upstream: FakeO
     blocked = await client.http.post("/v1/embeddings", json={"model": "cloud-embed", "input": f"key {AWS}"})
     assert blocked.status_code == 400 and blocked.json()["error"]["code"] == "guard_blocked"
     assert len(upstream.state.requests) == before
+
+
+async def test_the_official_sdks_see_their_own_values_and_errors(client: AppClient, upstream: FakeOpenAI) -> None:
+    """openai and anthropic SDKs against a real socket: a streamed answer restored chunk by chunk,
+    and a block raised as each SDK's own error type."""
+    import anthropic
+    import openai
+    import uvicorn
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+        await asyncio.sleep(0.02)
+    try:
+        sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=client.key or "x")
+        prompt = f"Forward it to {EMAIL}, then call {PHONE}."
+        stream = await sdk.chat.completions.create(
+            model="cloud-chat", messages=[{"role": "user", "content": prompt}], stream=True
+        )
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+        assert text == f"echo: {prompt}"
+        assert EMAIL not in last_upstream_text(upstream)
+        with pytest.raises(openai.BadRequestError) as raised:
+            await sdk.chat.completions.create(model="cloud-chat", messages=[{"role": "user", "content": f"use {AWS}"}])
+        assert raised.value.code == "guard_blocked"
+        claude = anthropic.AsyncAnthropic(base_url=f"http://127.0.0.1:{port}", api_key=client.key or "x")
+        message = await claude.messages.create(
+            model="cloud-chat", max_tokens=64, messages=[{"role": "user", "content": prompt}]
+        )
+        assert message.content[0].text == f"echo: {prompt}"  # type: ignore[union-attr]
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await claude.messages.create(
+                model="cloud-chat", max_tokens=64, messages=[{"role": "user", "content": INJECTION}]
+            )
+        assert refused.value.body["error"]["code"] == "guard_blocked"  # type: ignore[index]
+        await sdk.close()
+        await claude.close()
+    finally:
+        server.should_exit = True
+        await task
