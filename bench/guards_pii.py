@@ -12,7 +12,9 @@ placed value labelled with its kind and offsets. Three sets, generated apart:
   fr_FR, nl_NL values): its first run is kept in `history` of the results file; its errors then
   led to general fixes of the name rules (meshgate/guards/pii_names.py), so later held_out figures
   are no longer blind;
-- **fresh** (FRESH_TEMPLATES, written after those fixes, seed 2727): run once, nothing tuned on it.
+- **fresh** (FRESH_TEMPLATES, written after those fixes, seed 2727): run once, nothing tuned on it;
+- **fresh2** (FRESH2_TEMPLATES, seed 9191, Faker en_US, en_GB, en_AU, en_IE, de_DE, es_ES values):
+  written after the first-name and place gazetteer (meshgate/guards/pii_gazetteer.py), run once.
 All mix every kind, sentences with no PII, and hard negatives labelled as nothing: version numbers,
 order and tracking ids, dates that are not birth dates, card numbers that fail Luhn, IBANs with a
 wrong check, never-issued SSNs, MAC addresses, UUIDs, ISBNs, amounts, times, ports.
@@ -220,6 +222,40 @@ FRESH_TEMPLATES = [
     "Build {version} passed all tests at {time} on {date}.",
 ]
 
+#: Written after the gazetteer evidence (meshgate/guards/pii_gazetteer.py) was in, run once with it.
+FRESH2_TEMPLATES = [
+    "Quick note from {person}: my number changed to {phone}.",
+    "Attendees: {person}, {person} and {person}.",
+    "The grant was awarded to {person} of {org}.",
+    "Our branch in {location} is closing; staff move to {location}.",
+    "Could {org} send the quote to {email} before noon?",
+    "Background check for {person} (SSN {ssn}) came back clear.",
+    "Refund card ending in {card} for {person}.",
+    "Payroll IBAN {iban} belongs to {person}, based in {location}.",
+    "I moved to {address} last spring.",
+    "Delivery contact: {person}, tel. {phone}.",
+    "Thanks to {person} and the team at {org} for hosting us in {location}.",
+    "Born {dob}, {person} is the youngest board member of {org}.",
+    "Router {ip} dropped packets from {ipv6} overnight.",
+    "NINO {nino} was rejected by the portal for {person}.",
+    "{person} will cover for {person} during the holidays.",
+    "Tourists from {location} love the old town.",
+    "How do I convert a string to a date in JavaScript?",
+    "List three benefits of regular sleep.",
+    "Rewrite this paragraph in a friendlier tone.",
+    "What is the capital of the country with the longest coastline?",
+    "Give me a recipe that uses lentils and spinach.",
+    "Ticket {order} was closed on {date} at {time}.",
+    "Release {version} fixes the login bug reported on {date}.",
+    "Port {port} is open; CPU at {percent}.",
+    "Test card {badcard} should be declined.",
+    "IBAN {badiban} failed validation.",
+    "Sample SSN {badssn} appears in the docs.",
+    "Device {mac} reported UUID {uuid}.",
+    "Parcel {tracking} weighs 2 kg and costs {amount}.",
+    "Order the book with ISBN {isbn} from the library.",
+]
+
 GOLD_KINDS = {
     "person": "person", "email": "email", "phone": "phone", "card": "credit_card", "iban": "iban",
     "ssn": "us_ssn", "nino": "uk_nino", "ip": "ip_address", "ipv6": "ip_address", "dob": "date_of_birth",
@@ -414,6 +450,9 @@ def datasets(count: int) -> dict[str, list[Sample]]:
             HELD_OUT_TEMPLATES, 1414, ["en_US", "en_US", "en_GB", "en_CA", "de_DE", "fr_FR", "nl_NL"], count
         ),
         "fresh": generate(FRESH_TEMPLATES, 2727, ["en_US", "en_GB", "en_CA", "en_US", "de_DE", "fr_FR"], count),
+        "fresh2": generate(
+            FRESH2_TEMPLATES, 9191, ["en_US", "en_GB", "en_AU", "en_IE", "en_US", "de_DE", "es_ES"], count
+        ),
     }
 
 
@@ -623,7 +662,7 @@ def show_errors(name: str, samples: list[Sample], predictions: list[list[Span]],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", default="dev,held_out,fresh")
+    parser.add_argument("--sets", default="dev,held_out,fresh,fresh2")
     parser.add_argument("--count", type=int, default=400, help="sentences per set")
     parser.add_argument("--no-presidio", action="store_true")
     parser.add_argument("--no-latency", action="store_true")

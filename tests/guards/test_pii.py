@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -206,3 +207,44 @@ def test_firm_names_cues_and_name_particles(with_ner: PiiDetector) -> None:
 def test_role_words_and_acronyms_are_no_names(with_ner: PiiDetector) -> None:
     text = "Beneficiary IBAN: GB82 WEST 1234 5698 7654 32, SSN and DOB on file, paid in EUR."
     assert {f.kind for f in with_ner.detect(text)} == {"iban"}
+
+
+def test_gazetteer_evidence_without_the_model() -> None:
+    from meshgate.guards import pii_gazetteer
+
+    text = "Forwarded by Rosalind Quigley to Jordan Street and Morgan Stanley Bank, then to Marcus T. Vell."
+    pairs = {text[c.start : c.end] for c in pii_gazetteer.first_last_pairs(text, len(text))}
+    assert pairs == {"Rosalind Quigley", "Marcus T. Vell"}  # a street and a bank are no people
+    firm = "Signed: Martin Brunet S.A."
+    assert pii_gazetteer.first_last_pairs(firm, len(firm)) == []  # a company suffix follows
+    assert pii_gazetteer.looks_like_person("Priscilla Oyelaran")
+    assert not pii_gazetteer.looks_like_person("Hope Valley Clinic")
+    assert (
+        pii_gazetteer.is_place("Paraguay") and pii_gazetteer.is_place("Ohio") and not pii_gazetteer.is_place("Python")
+    )
+    shipped = "Crates went from Trinidad and Tobago to New Mexico."
+    found = {shipped[c.start : c.end] for c in pii_gazetteer.regions_in(shipped, len(shipped))}
+    assert found == {"Trinidad and Tobago", "New Mexico"}
+
+
+def test_first_names_and_places_correct_the_model(with_ner: PiiDetector) -> None:
+    text = "Timesheets were signed off by Priscilla Oyelaran before the audit."
+    assert at(text, "Priscilla Oyelaran", "person") in spans(with_ner.detect(text))
+    text = "Our suppliers ship from Bosnia and Herzegovina and from Uruguay."
+    found = spans(with_ner.detect(text))
+    assert at(text, "Bosnia and Herzegovina", "location") in found
+    assert at(text, "Uruguay", "location") in found
+    text = "The loan came from the Bank of Ireland last spring."
+    assert all(f.kind != "location" for f in with_ner.detect(text))  # a country inside a firm's name
+
+
+def test_the_name_lists_are_checked_against_the_manifest(tmp_path: Path) -> None:
+    from meshgate.guards import pii_gazetteer, textclassifier
+
+    directory = textclassifier.data_dir()
+    copy = tmp_path / "data"
+    copy.mkdir()
+    (copy / "MANIFEST.json").write_bytes((directory / "MANIFEST.json").read_bytes())
+    (copy / pii_gazetteer.DATA_FILE).write_bytes((directory / pii_gazetteer.DATA_FILE).read_bytes() + b" ")
+    with pytest.raises(textclassifier.ModelFileError):
+        textclassifier.load_json(pii_gazetteer.DATA_FILE, copy)
