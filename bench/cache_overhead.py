@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import EVERY_CONTROL, create_key, ensure_free, process_tree, start_meshgate, start_nginx, write_mesh
+from harness import (
+    EVERY_CONTROL,
+    create_key,
+    ensure_free,
+    process_tree,
+    start_meshgate,
+    start_nginx,
+    stop_all,
+    write_mesh,
+)
 from run import COMPLETION, ROUTED_DEPLOYMENT, ROUTED_MESH, unique_wrk_script
 
 HERE = Path(__file__).resolve().parent
@@ -208,13 +216,7 @@ def main() -> None:
         if args.keep:
             input("gateways up; press Enter to stop them ")
     finally:
-        for process in processes.values():
-            process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes.values())
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -34,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import NGINX_CONF, create_key, ensure_free, nginx_binary, nginx_http_common, start_meshgate, wait_http
+from harness import (
+    NGINX_CONF,
+    create_key,
+    ensure_free,
+    nginx_binary,
+    nginx_http_common,
+    start_meshgate,
+    stop_all,
+    wait_http,
+)
 from run import COMPLETION, package_version
 
 HERE = Path(__file__).resolve().parent
@@ -202,12 +211,7 @@ def start_litellm(command: str, tmp: Path) -> tuple[subprocess.Popen[bytes], dic
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_all([process])
 
 
 def served_by(gateway: str, headers: Any) -> str:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +121,17 @@ def start_meshgate(env: dict[str, str], port: int, *options: str) -> subprocess.
     )
     wait_http(f"http://127.0.0.1:{port}/readyz")
     return process
+
+
+def stop_all(processes: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process first (they shut down side by side), then wait for each, killing
+    what has not exited after 20 s."""
+    processes = list(processes)
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

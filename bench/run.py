@@ -18,7 +18,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from harness import (
     process_tree,
     start_meshgate,
     start_nginx,
+    stop_all,
     wait_http,
     write_mesh,
 )
@@ -391,13 +391,7 @@ def main() -> None:
         output.write_text(json.dumps(asdict(results), indent=2))
         print(f"raw figures: {output}")
     finally:
-        for process in processes.values():
-            process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes.values())
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -69,11 +69,10 @@ class MeshConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     #: Which hostings each data class may reach (`data_classes:`, over the defaults).
     data_classes: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_ALLOWED_HOSTING))
-    #: `detectors:` and `guards:`, and the detectors and guards built from them (None only for the
-    #: embedded defaults, which define none).
+    #: `detectors:` and `guards:`, and the detectors and guards built from them.
     detectors: list[DetectorSpec] = field(default_factory=list)
     guards: list[GuardPolicy] = field(default_factory=list)
-    guard_engine: Guards | None = field(default=None, repr=False, compare=False)
+    guard_engine: Guards = field(default_factory=lambda: Guards(()), repr=False, compare=False)
 
     #: Effective cache configurations by model, made once (a reload makes a new MeshConfig).
     _cache_configs: dict[str, CacheConfig] = field(default_factory=dict, init=False, repr=False, compare=False)

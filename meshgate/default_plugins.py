@@ -47,7 +47,8 @@ def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) 
     register(AuthorizeModel())
     from meshgate.routing.step import DataClassRouting
 
-    register(DataClassRouting(lambda: runtime.allowed_hosting))
+    data_class_routing = DataClassRouting(lambda: runtime.allowed_hosting)
+    register(data_class_routing)
     # One admission for both steps: on Redis, one round trip decides rate limits and budgets.
     admission = Admission.of(runtime.limiter, runtime.ledger)
     register(RateLimit(admission))
@@ -55,7 +56,6 @@ def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) 
     register(CapabilityCheck())
     from meshgate.guards.step import GuardStep
 
-    data_class_routing = DataClassRouting(lambda: runtime.allowed_hosting)
     register(
         GuardStep(
             lambda: runtime.config.guard_engine,

@@ -28,23 +28,18 @@ from meshgate.guards.registry import Detectors
 DEFAULT_DETECTORS = ("pii", "secrets", "injection")
 MODERATION_MODEL = "meshgate-moderation-1"
 
-#: OpenAI's moderation categories, and the meshgate category each is scored by. Subcategories we
-#: have no model for take their parent's score only where the parent implies them (`/graphic`,
-#: `/intent`, `/instructions`), or the weaker of two parents (`/threatening`); `illicit` is not
-#: modelled and scores 0.
-OPENAI_CATEGORIES: dict[str, tuple[str, ...]] = {
-    "harassment": ("toxicity",),
-    "harassment/threatening": ("toxicity", "violence"),
-    "hate": ("hate",),
+#: OpenAI's moderation subcategories, scored from the top-level categories the moderation detector
+#: names (`ModerationDetector.openai_scores`): a parent's score where the parent implies them
+#: (`/graphic`, `/intent`, `/instructions`), the weaker of two parents (`/threatening`); `illicit`
+#: and `sexual/minors` are not modelled and score 0.
+OPENAI_SUBCATEGORIES: dict[str, tuple[str, ...]] = {
+    "harassment/threatening": ("harassment", "violence"),
     "hate/threatening": ("hate", "violence"),
     "illicit": (),
     "illicit/violent": (),
-    "self-harm": ("self_harm",),
-    "self-harm/intent": ("self_harm",),
-    "self-harm/instructions": ("self_harm",),
-    "sexual": ("sexual",),
+    "self-harm/intent": ("self-harm",),
+    "self-harm/instructions": ("self-harm",),
     "sexual/minors": (),
-    "violence": ("violence",),
     "violence/graphic": ("violence",),
 }
 
@@ -78,8 +73,7 @@ class ModerationRequest(Struct, forbid_unknown_fields=True):
 
 
 def _detectors(request: Request) -> Detectors:
-    engine = runtime_of(request).config.guard_engine
-    return engine.detectors if engine is not None else Detectors(())
+    return runtime_of(request).config.guard_engine.detectors
 
 
 def _authorize(request: Request, detector: str) -> None:
@@ -142,14 +136,15 @@ async def moderations(request: Request) -> Response:
     threshold = float(getattr(detector, "threshold", 0.5))
 
     def work() -> list[dict[str, float]]:
-        return [detector.scores(text) for text in texts]  # type: ignore[attr-defined]
+        return [detector.openai_scores(text) for text in texts]  # type: ignore[attr-defined]
 
     all_scores = await run_in_guard_worker(work)
     results = []
-    for ours in all_scores:
-        scores = {
-            name: min((ours.get(p, 0.0) for p in parents), default=0.0) for name, parents in OPENAI_CATEGORIES.items()
-        }
+    for parents_scores in all_scores:
+        scores = dict(parents_scores)
+        for name, parents in OPENAI_SUBCATEGORIES.items():
+            scores[name] = min((parents_scores.get(p, 0.0) for p in parents), default=0.0)
+        scores = dict(sorted(scores.items()))
         flags = {name: score >= threshold for name, score in scores.items()}
         results.append(
             {

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -93,10 +92,6 @@ class Outcome:
             if hit.action == "redact":
                 spans.setdefault(hit.text_index, []).append(hit.finding)
         return {index: merge_overlapping(found) for index, found in spans.items()}
-
-    def counts(self, direction: str) -> Counter[tuple[str, str, str, str]]:
-        """(direction, detector, kind, action) -> how many: what usage, audit and metrics record."""
-        return Counter((direction, hit.rule.detector, hit.finding.kind, hit.action) for hit in self.hits)
 
     def failed_closed(self) -> tuple[ActiveRule, str] | None:
         return next(((rule, why) for rule, why in self.failures if rule.on_error == "block"), None)

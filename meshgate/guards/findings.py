@@ -57,6 +57,12 @@ class Detector(Protocol):
     def detect(self, text: str, context: ScanContext = DEFAULT_CONTEXT) -> list[Finding]: ...
 
 
+def uses_model(detector: object) -> bool:
+    """Whether a detector runs a model (NER, a classifier), so its work always goes to a worker
+    thread; a detector says so with a `uses_model` attribute, patterns-only ones need none."""
+    return bool(getattr(detector, "uses_model", False))
+
+
 def merge_overlapping(findings: list[Finding]) -> list[Finding]:
     """Findings sorted by start, overlapping spans reduced to the longest (then highest-scored) one:
     what redaction needs, since one stretch of text gets one placeholder."""

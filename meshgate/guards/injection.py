@@ -236,6 +236,8 @@ class InjectionDetector:
     it the detector runs the weights trained with those vectors, without it the lexical weights.
     """
 
+    uses_model = True
+
     name = "injection"
 
     def __init__(self, threshold: float | None = None, embed: Embed | None = None) -> None:

@@ -275,6 +275,8 @@ class ModerationDetector:
     trained linear model's probabilities to the word lists and rules (default on).
     """
 
+    uses_model = True
+
     name = "moderation"
 
     def __init__(self, categories: Iterable[str] | None = None, threshold: float = 0.5, use_model: bool = True) -> None:

@@ -55,7 +55,6 @@ class OutputGuard:
         self.hold_stream = holds
         #: A call a reviewer approved: review rules flag instead of holding it again.
         self.review_as = "flag" if released else "review"
-        self.outcomes: list[Outcome] = []
 
     # -- a whole answer -------------------------------------------------------------------------
 
@@ -68,7 +67,6 @@ class OutputGuard:
             outcome = await self.guards.scan(
                 [Text(t, "output") for t in texts], self.rules, self.context, self.review_as
             )
-            self.outcomes.append(outcome)
             spans = outcome.redactions()
             texts = [mask(text, spans.get(i, ())) for i, text in enumerate(texts)]
         else:
@@ -95,7 +93,6 @@ class OutputGuard:
         answer = assemble(collected)
         texts = [str((c.get("message") or {}).get("content") or "") for c in answer["choices"]]
         outcome = await self.guards.scan([Text(t, "output") for t in texts], self.rules, self.context, self.review_as)
-        self.outcomes.append(outcome)
         spans = outcome.redactions()
         final = [self.vault.restore(mask(text, spans.get(i, ()))) for i, text in enumerate(texts)]
         released = copy.deepcopy(answer)
@@ -118,7 +115,7 @@ class OutputGuard:
                     else:
                         done.add(index)
                         delta["content"] = final[index] if index < len(final) else delta["content"]
-                self._restore_tools(choice, index)
+                self._restore_tools(choice)
             if keep:
                 yield chunk
 
@@ -152,7 +149,7 @@ class OutputGuard:
                     released = await self._release(state, final)
                     if isinstance(piece, str) or released:
                         delta["content"] = released
-                self._restore_tools(choice, index, state)
+                self._restore_tools(choice, state)
                 if delta.get("content") or any(k != "content" for k in delta):
                     emptied = False
             if final or choice.get("logprobs"):
@@ -173,7 +170,6 @@ class OutputGuard:
         outcome = await self.guards.scan(
             [Text(pending, "output")], self.rules, self.context, "block" if self.review_as == "review" else "flag"
         )
-        self.outcomes.append(outcome)
         await self.decide(outcome, None)
         spans = outcome.redactions().get(0, [])
         cut = len(pending)
@@ -189,7 +185,7 @@ class OutputGuard:
         state.pending = pending[cut:]
         return state.restorer.feed(released) + (state.restorer.finish() if final else "")
 
-    def _restore_tools(self, choice: dict[str, Any], index: int, state: _Choice | None = None) -> None:
+    def _restore_tools(self, choice: dict[str, Any], state: _Choice | None = None) -> None:
         if not self.vault:
             return
         delta = choice.get("delta") or {}

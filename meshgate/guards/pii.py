@@ -89,6 +89,11 @@ class PiiDetector:
         self.min_score = min_score
 
     @property
+    def uses_model(self) -> bool:
+        """With name kinds to find, the NER model runs."""
+        return bool(self._ner_kinds)
+
+    @property
     def kinds(self) -> tuple[str, ...]:
         return (*(kind for kind, _ in self._recognisers), *sorted(self._ner_kinds))
 

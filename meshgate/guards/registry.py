@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from meshgate.guards.config import DetectorSpec
-from meshgate.guards.findings import DEFAULT_CONTEXT, Detector, Finding, ScanContext
+from meshgate.guards.findings import DEFAULT_CONTEXT, Detector, Finding, ScanContext, uses_model
 
 
 def _pii() -> Detector:
@@ -113,22 +113,12 @@ class _Renamed:
         self.name = name
         self.inner = inner
 
+    @property
+    def uses_model(self) -> bool:
+        return uses_model(self.inner)
+
     def detect(self, text: str, context: ScanContext = DEFAULT_CONTEXT) -> list[Finding]:
         return [replace(finding, detector=self.name) for finding in self.inner.detect(text, context)]
-
-
-#: Detectors that run a model (NER, classifiers): their work always goes to a worker thread.
-_MODEL_DETECTORS = ("InjectionDetector", "ModerationDetector")
-
-
-def _is_cheap(detector: Detector) -> bool:
-    inner = detector.inner if isinstance(detector, _Renamed) else detector
-    kind = type(inner).__name__
-    if kind in _MODEL_DETECTORS:
-        return False
-    if kind == "PiiDetector":
-        return not getattr(inner, "_ner_kinds", True)
-    return True
 
 
 class Detectors:
@@ -146,7 +136,7 @@ class Detectors:
         """Whether a detector is patterns only (no model): cheap enough for a short text on the loop."""
         found = self._cheap.get(name)
         if found is None:
-            found = self._cheap[name] = _is_cheap(self.get(name))
+            found = self._cheap[name] = not uses_model(self.get(name))
         return found
 
     def names(self) -> list[str]:

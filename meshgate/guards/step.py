@@ -50,7 +50,7 @@ class GuardStep(Step):
 
     def __init__(
         self,
-        guards: Callable[[], Guards | None],
+        guards: Callable[[], Guards],
         reviews: Callable[[], ReviewStore | None],
         enforce_data_class: Callable[[Call], None],
         count: Callable[[str, str, str, str, str, int], None] | None = None,
@@ -65,7 +65,7 @@ class GuardStep(Step):
     async def before(self, call: Call) -> None:
         request = call.request
         guards = self.guards()
-        if guards is None or not guards.policies:
+        if not guards.policies:
             return
         model = call.model
         hostings = [d.hosting for d in model.deployments] if isinstance(model, RouteBase) else [model.hosting]  # type: ignore[union-attr]

@@ -7,6 +7,7 @@ from typing import Any
 from meshgate.gateway.pipeline import Call, Step
 from meshgate.observe.audit import AuditEvent, AuditWriter
 from meshgate.observe.redact import redact
+from meshgate.observe.usage import guards_summary
 from meshgate.protocol import ChatCompletionRequest, message_text
 
 
@@ -55,15 +56,9 @@ class AuditStep(Step):
                     "failovers": [{"deployment": d, "reason": r} for d, r in call.ctx.failovers],
                     "cache": call.cache,
                     # What guards found: kinds, actions and counts, never values.
-                    "guards": _guards_record(call.notes.get("guards")),
+                    "guards": guards_summary(call.notes.get("guards")),
                 },
                 content=self._content(call),
                 ts=call.started_wall,
             )
         )
-
-
-def _guards_record(record: object) -> dict[str, object] | None:
-    if not isinstance(record, dict):
-        return None
-    return {"guards": list(record.get("guards") or ()), "findings": dict(record.get("findings") or {})}

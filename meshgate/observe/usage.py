@@ -47,12 +47,14 @@ class UsageStep(Step):
                 else None,
                 cache=call.cache,
                 cost_saved_usd=call.cost_saved_usd,
-                guards=_guards_json(call.notes.get("guards")),
+                guards=json.dumps(summary) if (summary := guards_summary(call.notes.get("guards"))) else None,
             )
         )
 
 
-def _guards_json(record: object) -> str | None:
+def guards_summary(record: object) -> dict[str, object] | None:
+    """What the guards step left in `call.notes["guards"]`, as usage and audit record it: guard
+    names and finding counts (never values)."""
     if not isinstance(record, dict):
         return None
-    return json.dumps({"guards": list(record.get("guards") or ()), "findings": dict(record.get("findings") or {})})
+    return {"guards": list(record.get("guards") or ()), "findings": dict(record.get("findings") or {})}
