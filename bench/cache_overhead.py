@@ -1,6 +1,6 @@
 """What routing and the cache's miss path cost meshgate, in CPU time per request (issue 13 §5).
 
-    python bench/cache_overhead.py --duration 8 --rounds 3 --connections 32
+    python bench/cache_overhead.py --duration 8 --rounds 3 --connections 32 [--prefill 15000]
 
 Throughput on a shared 2-core machine moves with whatever else runs; the CPU time the gateway
 process spends per request moves far less. So this starts one nginx upstream (a fixed chat
@@ -15,6 +15,12 @@ writer's too) are read before and after each run:
 - **route**: `bench` is a two-deployment weighted route (50/50, both to the same nginx), no cache;
 - **route+memory**: the route, `cache: {mode: exact, backend: memory}`;
 - **route+sqlite**: the route, `cache: {mode: exact}` with the default backend (SQLite in the data dir).
+
+Every wrk run (warm-up, pre-fill, each round) sends prompts of its own (a tag per run before the
+counter), so that no run repeats an earlier one's and hits: every measured request is a miss.
+`--prefill N` first sends N such requests to every gateway (unmeasured), so that the cache's file
+holds N entries before the first round (its write cost grows with the file: read a figure with
+its size).
 
 Variants run interleaved round by round; the table has the medians and each one's CPU per request
 against plain's (1.00 = no overhead; the issue's bound is throughput within 10%, i.e. about 1.11).
@@ -36,7 +42,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -94,6 +99,12 @@ def mesh_for(variant: str, tmp: Path) -> Path:
     return path
 
 
+def tagged(script: str, tag: str) -> str:
+    """`script` (run.unique_wrk_script's) with prompts no other run sends: "Say hello <tag> <n>."."""
+    assert "Say hello " in script
+    return script.replace("Say hello ", f"Say hello {tag} ")
+
+
 def wrk_count(url: str, script: Path, connections: int, duration: int) -> tuple[int, float, float, int]:
     """Requests done, req/s, p99 ms and errors of one wrk run."""
     out = subprocess.run(
@@ -142,6 +153,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(CACHE_BLOCKS), help=f"some of {', '.join(CACHE_BLOCKS)}")
     parser.add_argument("--output", type=Path, default=None, help="JSON results file")
     parser.add_argument("--py-spy", default="", help="py-spy's path: also sample where each gateway spends its time")
+    parser.add_argument(
+        "--prefill", type=int, default=0, help="requests (new entries) sent to each gateway before the rounds"
+    )
     parser.add_argument("--keep", action="store_true", help="leave the gateways up (print their pids) for a profiler")
     args = parser.parse_args()
     variants = args.variants.split(",")
@@ -156,7 +170,13 @@ def main() -> None:
     runs: list[dict[str, object]] = []
     try:
         processes["upstream"] = start_nginx(tmp, UPSTREAM_PORT, COMPLETION)
-        scripts: dict[str, Path] = {}
+        scripts: dict[str, str] = {}
+
+        def script_file(variant: str, tag: str) -> Path:
+            path = tmp / f"{variant.replace('+', '-')}-{tag}.lua"
+            path.write_text(tagged(scripts[variant], tag))
+            return path
+
         for variant in variants:
             env = {
                 **os.environ,
@@ -165,10 +185,16 @@ def main() -> None:
             }
             key = create_key(env, *EVERY_CONTROL)
             processes[variant] = start_meshgate(env, ports[variant], "--config", str(mesh_for(variant, tmp)))
-            scripts[variant] = tmp / f"{variant.replace('+', '-')}.lua"
-            scripts[variant].write_text(unique_wrk_script({"Authorization": f"Bearer {key}"}))
+            scripts[variant] = unique_wrk_script({"Authorization": f"Bearer {key}"})
             # Warm up (imports, connections, the SQLite file): not measured.
-            wrk_count(f"http://127.0.0.1:{ports[variant]}/v1/chat/completions", scripts[variant], 4, 1)
+            wrk_count(f"http://127.0.0.1:{ports[variant]}/v1/chat/completions", script_file(variant, "w"), 4, 1)
+        for variant in variants if args.prefill else ():
+            sent, part = 0, 0
+            while sent < args.prefill:
+                part += 1
+                url = f"http://127.0.0.1:{ports[variant]}/v1/chat/completions"
+                sent += wrk_count(url, script_file(variant, f"p{part}"), args.connections, 3)[0]
+            print(f"pre-filled {variant}: {sent} requests", flush=True)
         if args.keep:
             print(json.dumps({v: processes[v].pid for v in variants}), flush=True)
         for round_index in range(args.rounds):
@@ -187,7 +213,7 @@ def main() -> None:
                     )
                 done, rps, p99, errors = wrk_count(
                     f"http://127.0.0.1:{ports[variant]}/v1/chat/completions",
-                    scripts[variant],
+                    script_file(variant, f"r{round_index + 1}"),
                     args.connections,
                     args.duration,
                 )
@@ -211,7 +237,9 @@ def main() -> None:
         print(table(runs, variants))
         output = args.output or HERE / "results" / f"cache-overhead-{time.strftime('%Y%m%d-%H%M%S')}.json"
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps({"connections": args.connections, "runs": runs}, indent=2))
+        output.write_text(
+            json.dumps({"connections": args.connections, "prefill": args.prefill, "runs": runs}, indent=2)
+        )
         print(f"raw figures: {output}")
         if args.keep:
             input("gateways up; press Enter to stop them ")
@@ -250,4 +278,4 @@ def table(runs: list[dict[str, object]], variants: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -13,7 +13,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from meshgate.api import admin, anthropic, completions, guards, health, openai, openapi, responses_api, reviews
+from meshgate.api import (
+    admin,
+    anthropic,
+    banks,
+    completions,
+    guards,
+    health,
+    openai,
+    openapi,
+    responses_api,
+    reviews,
+)
 from meshgate.api.auth import AuthMiddleware
 from meshgate.api.responses import clip, error_response, unexpected_error
 from meshgate.api.sse import RAW_SEND
@@ -186,6 +197,7 @@ def build_app(runtime: Runtime, *, manage_runtime: bool = True) -> _MeshApp:
             *completions.ROUTES,
             *anthropic.ROUTES,
             *guards.ROUTES,
+            *banks.ROUTES,
             *admin.ROUTES,
             *reviews.ROUTES,
             *metrics.ROUTES,

@@ -169,9 +169,17 @@ def _register_reviews() -> None:
     reviews_cli.register(cli, _load)
 
 
+def _register_knowledge() -> None:
+    from meshgate.knowledge import cli as knowledge_cli
+
+    knowledge_cli.register(cli, _load)
+    knowledge_cli.register_erase(cli, _load)
+
+
 _register_control()
 _register_cache()
 _register_reviews()
+_register_knowledge()
 _plugins.hook.register_commands(cli=cli)
 
 

@@ -33,6 +33,7 @@ from meshgate.data_classes import DEFAULT_ALLOWED_HOSTING, HOSTINGS, data_class_
 from meshgate.errors import ConfigError
 from meshgate.guards.config import DetectorSpec, GuardPolicy, check_references
 from meshgate.guards.engine import Guards
+from meshgate.knowledge.config import KnowledgeConfig
 from meshgate.names import name_problem
 from meshgate.providers.base import ModelConfig, ProviderType
 from meshgate.routing.config import ROUTE_FIELDS, SHARED_FIELDS, RouteConfig
@@ -53,7 +54,7 @@ DEFAULT_MODELS: list[dict[str, Any]] = [
     },
 ]
 
-TOP_LEVEL_KEYS = ("server", "models", "cache", "data_classes", "detectors", "guards")
+TOP_LEVEL_KEYS = ("server", "models", "cache", "data_classes", "detectors", "guards", "knowledge")
 
 
 @dataclass
@@ -73,6 +74,8 @@ class MeshConfig:
     detectors: list[DetectorSpec] = field(default_factory=list)
     guards: list[GuardPolicy] = field(default_factory=list)
     guard_engine: Guards = field(default_factory=lambda: Guards(()), repr=False, compare=False)
+    #: `knowledge:`: index options and grounding defaults of the knowledge banks.
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
 
     #: Effective cache configurations by model, made once (a reload makes a new MeshConfig).
     _cache_configs: dict[str, CacheConfig] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -381,7 +384,19 @@ def load_config(path: str | Path | None, provider_types: dict[str, ProviderType]
         detectors=detectors,
         guards=guards,
         guard_engine=engine,
+        knowledge=_parse_knowledge(resolved.get("knowledge"), source),
     )
+
+
+def _parse_knowledge(raw: Any, source: str) -> KnowledgeConfig:
+    if raw is None:
+        return KnowledgeConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: knowledge: expected a mapping (indexes, top_k, min_evidence)")
+    try:
+        return KnowledgeConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, ["knowledge"], exc)) from None
 
 
 def with_chat_model(config: MeshConfig, path: str, name: str, provider_types: dict[str, ProviderType]) -> MeshConfig:

@@ -54,6 +54,9 @@ def register_pipeline_steps(register: Callable[[Step], None], runtime: Runtime) 
     register(RateLimit(admission))
     register(Budget(admission))
     register(CapabilityCheck())
+    from meshgate.knowledge.step import KnowledgeStep
+
+    register(KnowledgeStep(lambda: runtime.knowledge, data_class_routing.enforce))
     from meshgate.guards.step import GuardStep
 
     register(

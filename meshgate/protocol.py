@@ -255,6 +255,18 @@ def check_logit_bias(bias: dict[str, float]) -> None:
             )
 
 
+class KnowledgeOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """`"knowledge": {"banks": ["docs"], "top_k": 5}` on a chat request (meshgate/knowledge/step.py)."""
+
+    banks: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(min_length=1, max_length=8)]
+    top_k: Annotated[int, Meta(ge=1, le=20)] | None = None
+    filters: dict[str, Any] | None = None
+    #: Abstain under this evidence score (0..1); default: the server's `knowledge.min_evidence`.
+    min_evidence: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    #: False: answer without abstaining even on weak evidence (the sources are still cited).
+    abstain: bool = True
+
+
 class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
     """POST /v1/chat/completions. Unknown fields are an error, never silently dropped."""
 
@@ -299,6 +311,9 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=Tr
     function_call: str | dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
     moderation: dict[str, Any] | None = None
+    #: meshgate's grounded answers: retrieve from knowledge banks and answer with citations. Taken
+    #: off the request by the knowledge step; never sent upstream.
+    knowledge: KnowledgeOptions | None = None
 
     def __post_init__(self) -> None:
         if self.logit_bias:

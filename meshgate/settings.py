@@ -66,6 +66,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("oidc_audience", str, "", "Required `aud` of OIDC tokens."),
     Setting("oidc_team_claim", str, "team", "The token claim that names the caller's team."),
     Setting("oidc_roles_claim", str, "roles", "The token claim with the caller's roles (admin, developer, app)."),
+    Setting("oidc_groups_claim", str, "groups", "The token claim with the caller's groups (knowledge-bank ACLs)."),
     Setting("audit_content", str, "off", "Prompts and responses in the audit log: off, redacted or full."),
     Setting(
         "audit_anchor",
@@ -121,6 +122,7 @@ class ServerSettings:
     oidc_audience: str
     oidc_team_claim: str
     oidc_roles_claim: str
+    oidc_groups_claim: str
     audit_content: str
     audit_anchor: str
     log_level: str

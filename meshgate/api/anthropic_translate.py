@@ -27,7 +27,7 @@ from meshgate.errors import (
     PayloadTooLarge,
     UnsupportedParameter,
 )
-from meshgate.protocol import MAX_TOKENS, ChatCompletionRequest
+from meshgate.protocol import MAX_TOKENS, ChatCompletionRequest, KnowledgeOptions
 
 # -- request structs ------------------------------------------------------------------------------
 
@@ -119,6 +119,8 @@ class MessagesRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
     metadata: Metadata | None = None
     tools: list[ToolParam] | None = None
     tool_choice: ToolChoice | None = None
+    #: meshgate's grounded answers (docs/knowledge.md), as on /v1/chat/completions.
+    knowledge: KnowledgeOptions | None = None
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -316,6 +318,8 @@ def to_openai(request: MessagesRequest | CountTokensRequest, *, stream: bool = F
             body["user"] = request.metadata.user_id
         if stream:
             body["stream"] = True
+        if request.knowledge is not None:
+            body["knowledge"] = msgspec.to_builtins(request.knowledge)
     try:
         return msgspec.convert(body, ChatCompletionRequest)
     except msgspec.ValidationError as exc:
@@ -414,7 +418,13 @@ def to_anthropic_message(result: dict[str, Any], model: str, stops: list[str]) -
         "stop_reason": reason,
         "stop_sequence": matched,
         "usage": usage_of(result.get("usage")),
+        **grounding_fields(result),
     }
+
+
+def grounding_fields(source: dict[str, Any]) -> dict[str, Any]:
+    """A grounded answer's `citations` and `abstained` (meshgate/knowledge/step.py), when present."""
+    return {key: source[key] for key in ("citations", "abstained") if key in source}
 
 
 def sse_event(name: str, data: dict[str, Any]) -> bytes:
@@ -437,6 +447,7 @@ class StreamTranslator:
         self.matched: str | None = None
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.grounding: dict[str, Any] = {}
 
     def _start(self, out: list[bytes]) -> None:
         if self.started:
@@ -519,6 +530,7 @@ class StreamTranslator:
         self._start(out)
         if chunk.get("usage"):
             self.usage = chunk["usage"]
+        self.grounding.update(grounding_fields(chunk))
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
@@ -549,6 +561,7 @@ class StreamTranslator:
                     "type": "message_delta",
                     "delta": {"stop_reason": reason, "stop_sequence": self.matched},
                     "usage": {"input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"]},
+                    **self.grounding,
                 },
             )
         )

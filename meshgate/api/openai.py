@@ -36,8 +36,10 @@ def _chunk_encoder(include_usage: bool) -> Callable[[dict[str, Any]], bytes | No
     def encode(chunk: dict[str, Any]) -> bytes | None:
         if include_usage:
             chunk.setdefault("usage", None)
-        elif not chunk.get("choices"):
-            return None  # the usage-only chunk the gateway asked for for its own accounting
+        elif not chunk.get("choices") and "citations" not in chunk:
+            # The usage-only chunk the gateway asked for for its own accounting (a grounded
+            # answer's last chunk, with citations and no choices, goes out).
+            return None
         else:
             chunk.pop("usage", None)
         return b"data: " + encode_json(chunk) + b"\n\n"

@@ -192,8 +192,9 @@ class MemoryBackend(Backend):
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS cache_entries (
-    id TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS cache_rows (
+    rid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
     team TEXT NOT NULL,
     creator TEXT NOT NULL,
     model TEXT NOT NULL,
@@ -204,43 +205,77 @@ CREATE TABLE IF NOT EXISTS cache_entries (
     vector BLOB,
     value BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS cache_entries_bucket ON cache_entries (bucket, created) WHERE bucket IS NOT NULL;
-CREATE INDEX IF NOT EXISTS cache_entries_expires ON cache_entries (expires);
-CREATE INDEX IF NOT EXISTS cache_entries_team ON cache_entries (team, model);
+CREATE INDEX IF NOT EXISTS cache_rows_bucket ON cache_rows (bucket, created) WHERE bucket IS NOT NULL;
+CREATE INDEX IF NOT EXISTS cache_rows_expires ON cache_rows (expires);
 """
-SCHEMA_VERSION = 1
-#: Expired rows are deleted every this many writes.
+#: Version 1 kept entries in `cache_entries`, keyed by their id: a random key, so every new entry
+#: landed on a random page of that index (one 4 KB page written per entry). Its live rows move over.
+_MIGRATE_FROM_1 = """
+INSERT INTO cache_rows (id, team, creator, model, created, expires, bucket, guard, vector, value)
+    SELECT id, team, creator, model, created, expires, bucket, guard, vector, value FROM cache_entries
+    WHERE expires > ? ORDER BY created;
+DROP TABLE cache_entries;
+"""
+SCHEMA_VERSION = 2
+_COLUMNS = "rid, id, team, creator, model, created, expires, bucket, guard, vector, value"
+_INSERT = f"INSERT INTO cache_rows ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: Expired rows are deleted (and the oldest past MAX_ENTRIES) every this many writes...
 SWEEP_EVERY = 500
+#: ... at most this many per sweep (their ids come back to the event loop: bounded work there).
+SWEEP_LIMIT = 5_000
 #: How long a write waits for others to join its transaction.
 FLUSH_DELAY = 0.05
-#: Most entry ids a process keeps in memory to answer misses without reading the file.
-MAX_KNOWN = 1_000_000
+#: Most entries the file keeps: past it the oldest written are deleted first (one range of rows at
+#: the start of the table). Bounds the file and each process's index (about 100 bytes an entry).
+MAX_ENTRIES = 1_000_000
+
+
+@dataclass(slots=True)
+class _Written:
+    """What a batch's write tells the event loop: the batch's first row id, and the rows a sweep
+    or an eviction deleted (rid, id)."""
+
+    first: int
+    removed: list[tuple[int, str]]
 
 
 class SQLiteBackend(Backend):
     """A SQLite file of its own (`<data dir>/cache.sqlite3`), WAL, created 0600. Reads run on one
     thread and writes on another, each with its own connection: the event loop never touches disk,
-    and a lookup does not queue behind a write."""
+    and a lookup does not queue behind a write.
+
+    The table is append-only on the write path: a row's key is a number one higher than the last
+    (`rid`), so a batch of new entries fills the last pages of the table and of the expiry index
+    and nothing else; there is no index on the entry id. Instead each process keeps an index in
+    memory (hash of the id -> rid), loaded when the file is opened and updated as it writes. It is
+    only a hint: every read checks the row's id and expiry in the file, so a stale hint is a miss
+    and never a wrong answer. An exact lookup of an id the index does not know is a miss without
+    any I/O (the whole miss path is a dict lookup and a list append on the event loop). Entries
+    written by other processes sharing the file after this one opened it are not in its index:
+    missed here (a lost hit, never a wrong one) until a semantic lookup meets them.
+
+    An entry is durable once its batch is written: within FLUSH_DELAY (50 ms) plus one write.
+    Until then it is answered from memory (`_pending`)."""
 
     name = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_entries: int = MAX_ENTRIES) -> None:
         self.path = path
+        self.max_entries = max_entries
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="meshgate-cache-read")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="meshgate-cache-write")
         self._rconn: sqlite3.Connection | None = None
         self._wconn: sqlite3.Connection | None = None
         self._writes = 0
         self._opened = False
-        #: Ids (-> expiry) of the entries this process knows the file holds: an exact lookup of any
-        #: other id is a miss without a trip to the reader thread (the miss path costs no I/O).
-        #: Loaded when the file is opened; entries written by other processes since are not in it,
-        #: so they are missed here (a lost hit, never a wrong one). Past MAX_KNOWN ids, every
-        #: lookup asks the file.
-        self._known: dict[str, float] | None = None
-        #: Entries waiting to be written: one transaction per batch, from one flush task.
-        self._pending: list[Entry] = []
+        #: hash(entry id) -> rid of its row: changed on the event loop only.
+        self._rows: dict[int, int] = {}
+        #: Entries stored but not yet written (answered from here meanwhile), and their write order.
+        self._pending: dict[str, Entry] = {}
+        self._queue: list[Entry] = []
         self._flushing: asyncio.Task[None] | None = None
+
+    # -- connections (each used by its own thread only) --
 
     def _open_writer(self) -> sqlite3.Connection:
         if self._wconn is None:
@@ -251,11 +286,23 @@ class SQLiteBackend(Backend):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path}: cache schema {version} is newer than this meshgate's")
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("BEGIN IMMEDIATE")  # one process creates or migrates; the others wait
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise RuntimeError(f"{self.path}: cache schema {version} is newer than this meshgate's")
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    conn.execute(statement)
+                if version == 1:
+                    first, drop = filter(str.strip, _MIGRATE_FROM_1.split(";"))
+                    conn.execute(first, (time.time(),))
+                    conn.execute(drop)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                conn.close()
+                raise
             self._wconn = conn
         return self._wconn
 
@@ -266,66 +313,117 @@ class SQLiteBackend(Backend):
             self._rconn = conn
         return self._rconn
 
-    async def _on(self, pool: ThreadPoolExecutor, fn: Any, *args: Any) -> Any:
+    def _load_index(self) -> dict[int, int]:
+        """The live rows' ids, from the file (on the writer thread)."""
+        conn = self._open_writer()
+        rows = conn.execute("SELECT rid, id FROM cache_rows WHERE expires > ?", (time.time(),))
+        return {hash(entry_id): rid for rid, entry_id in rows}
+
+    async def _open(self) -> None:
         if not self._opened:  # the schema exists before the first read
-            await asyncio.get_running_loop().run_in_executor(self._writer, self._open_writer)
-            self._known = await asyncio.get_running_loop().run_in_executor(self._writer, self._load_known)
+            self._rows = await asyncio.get_running_loop().run_in_executor(self._writer, self._load_index)
             self._opened = True
+
+    async def _on(self, pool: ThreadPoolExecutor, fn: Any, *args: Any) -> Any:
+        await self._open()
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    def _load_known(self) -> dict[str, float] | None:
-        conn = self._open_writer()
-        rows = conn.execute(
-            "SELECT id, expires FROM cache_entries WHERE expires > ? LIMIT ?", (time.time(), MAX_KNOWN + 1)
-        ).fetchall()
-        return None if len(rows) > MAX_KNOWN else {row[0]: row[1] for row in rows}
+    # -- reads --
 
-    def _surely_absent(self, entry_id: str, bucket: str | None) -> bool:
-        if bucket is not None or not self._opened or self._known is None:
-            return False
-        expires = self._known.get(entry_id)
-        return expires is None or expires <= time.time()
-
-    def _lookup(self, entry_id: str, bucket: str | None, now: float) -> tuple[bytes | None, Candidates]:
+    def _lookup(
+        self, rid: int | None, entry_id: str, bucket: str | None, now: float
+    ) -> tuple[bytes | None, list[tuple[int, str, str, bytes]]]:
         conn = self._open_reader()
-        row = conn.execute("SELECT value FROM cache_entries WHERE id = ? AND expires > ?", (entry_id, now)).fetchone()
-        if row is not None or bucket is None:
-            return (row[0] if row else None), Candidates()
+        if rid is not None:
+            row = conn.execute(
+                "SELECT value FROM cache_rows WHERE rid = ? AND id = ? AND expires > ?", (rid, entry_id, now)
+            ).fetchone()
+            if row is not None:
+                return row[0], []
+        if bucket is None:
+            return None, []
         rows = conn.execute(
-            "SELECT id, guard, vector FROM cache_entries WHERE bucket = ? AND expires > ? AND vector IS NOT NULL "
+            "SELECT rid, id, guard, vector FROM cache_rows WHERE bucket = ? AND expires > ? AND vector IS NOT NULL "
             "ORDER BY created DESC LIMIT ?",
             (bucket, now, MAX_CANDIDATES),
         ).fetchall()
-        return None, Candidates.of(rows)
+        return None, rows
 
     async def lookup(self, entry_id: str, bucket: str | None) -> tuple[bytes | None, Candidates]:
-        if self._surely_absent(entry_id, bucket):
-            return None, Candidates()
-        result: tuple[bytes | None, Candidates] = await self._on(
-            self._reader, self._lookup, entry_id, bucket, time.time()
-        )
-        return result
+        now = time.time()
+        pending = self._pending.get(entry_id)
+        if pending is not None and pending.expires > now:
+            return pending.value, Candidates()
+        await self._open()
+        slot = hash(entry_id)
+        rid = self._rows.get(slot)
+        if rid is None and bucket is None:
+            return None, Candidates()  # the miss path: no I/O, no thread
+        value, rows = await self._on(self._reader, self._lookup, rid, entry_id, bucket, now)
+        if value is None and rid is not None and self._rows.get(slot) == rid:
+            del self._rows[slot]  # expired, purged or evicted (maybe by another process)
+        for other_rid, other_id, _guard, _vector in rows:  # so that `get` finds a semantic match
+            self._rows[hash(other_id)] = other_rid
+        return value, Candidates.of([row[1:] for row in rows])
 
     async def get(self, entry_id: str) -> bytes | None:
         value, _ = await self.lookup(entry_id, None)
         return value
 
-    def _put(self, entries: list[Entry]) -> None:
+    # -- writes --
+
+    def _write(self, batch: list[Entry], replaced: list[tuple[int, str]]) -> _Written:
+        """One transaction (one WAL commit) for the whole batch, on the writer thread."""
         conn = self._open_writer()
-        with conn:  # one transaction (one WAL commit) for the whole batch
-            conn.execute("BEGIN")
+        removed: list[tuple[int, str]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if replaced:  # rare: an id stored again (no-cache, or after it expired)
+                conn.executemany("DELETE FROM cache_rows WHERE rid = ? AND id = ?", replaced)
+            first = conn.execute("SELECT coalesce(max(rid), 0) + 1 FROM cache_rows").fetchone()[0]
             conn.executemany(
-                "INSERT OR REPLACE INTO cache_entries (id, team, creator, model, created, expires, bucket, guard, "
-                "vector, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _INSERT,
                 [
-                    (e.id, e.team, e.creator, e.model, e.created, e.expires, e.bucket, e.guard, e.vector, e.value)
-                    for e in entries
+                    (
+                        first + i,
+                        e.id,
+                        e.team,
+                        e.creator,
+                        e.model,
+                        e.created,
+                        e.expires,
+                        e.bucket,
+                        e.guard,
+                        e.vector,
+                        e.value,
+                    )
+                    for i, e in enumerate(batch)
                 ],
             )
-        before = self._writes
-        self._writes += len(entries)
-        if self._writes // SWEEP_EVERY != before // SWEEP_EVERY:
-            conn.execute("DELETE FROM cache_entries WHERE expires <= ?", (time.time(),))
+            before = self._writes
+            self._writes += len(batch)
+            if self._writes // SWEEP_EVERY != before // SWEEP_EVERY:
+                removed = self._sweep(conn, first + len(batch) - 1)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return _Written(first, removed)
+
+    def _sweep(self, conn: sqlite3.Connection, last: int) -> list[tuple[int, str]]:
+        """Delete expired rows, and the oldest past max_entries (both bounded per sweep)."""
+        removed = conn.execute(
+            "DELETE FROM cache_rows WHERE rid IN (SELECT rid FROM cache_rows WHERE expires <= ? LIMIT ?) "
+            "RETURNING rid, id",
+            (time.time(), SWEEP_LIMIT),
+        ).fetchall()
+        if last > self.max_entries:  # rows older than the last max_entries written go (a range at the start)
+            removed += conn.execute(
+                "DELETE FROM cache_rows WHERE rid IN (SELECT rid FROM cache_rows WHERE rid <= ? LIMIT ?) "
+                "RETURNING rid, id",
+                (last - self.max_entries, SWEEP_LIMIT),
+            ).fetchall()
+        return removed
 
     async def put(self, entry: Entry) -> None:
         """Queued and written with the others that come meanwhile, in one transaction; returns when
@@ -336,13 +434,9 @@ class SQLiteBackend(Backend):
 
     def put_later(self, entry: Entry) -> asyncio.Task[None] | None:
         """Queue `entry` for the next batch; the flush task when this started one (one task per
-        batch, not one per entry: the whole miss path then costs a list append here)."""
-        self._pending.append(entry)
-        if self._known is not None:
-            if len(self._known) >= MAX_KNOWN:
-                self._known = None
-            else:
-                self._known[entry.id] = entry.expires
+        batch, not one per entry: the whole store costs a dict set and a list append here)."""
+        self._pending[entry.id] = entry
+        self._queue.append(entry)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.ensure_future(self._flush())
             return self._flushing
@@ -352,11 +446,25 @@ class SQLiteBackend(Backend):
         # Let the puts of the next few milliseconds join the batch: under load one transaction
         # then carries dozens of entries instead of one each (answers never wait for this).
         await asyncio.sleep(FLUSH_DELAY)
-        while self._pending:
-            batch, self._pending = self._pending, []
-            await self._on(self._writer, self._put, batch)
+        await self._open()
+        while self._queue:
+            batch = list({e.id: e for e in self._queue}.values())  # an id stored twice: the last
+            self._queue = []
+            rows = self._rows
+            replaced = [(rid, e.id) for e in batch if (rid := rows.get(hash(e.id))) is not None]
+            written: _Written = await self._on(self._writer, self._write, batch, replaced)
+            for i, e in enumerate(batch):
+                self._rows[hash(e.id)] = written.first + i
+                if self._pending.get(e.id) is e:
+                    del self._pending[e.id]
+            for rid, entry_id in written.removed:
+                slot = hash(entry_id)
+                if self._rows.get(slot) == rid:
+                    del self._rows[slot]
 
-    def _purge(self, where: PurgeFilter, now: float) -> int:
+    # -- purges --
+
+    def _purge(self, where: PurgeFilter, now: float) -> tuple[int, dict[int, int]]:
         conn = self._open_writer()
         clauses: list[str] = []
         params: list[str | float] = []
@@ -367,15 +475,31 @@ class SQLiteBackend(Backend):
         if where.older_than is not None:
             clauses.append("created < ?")
             params.append(now - where.older_than)
-        sql = "DELETE FROM cache_entries" + (" WHERE " + " AND ".join(clauses) if clauses else "")
-        removed = conn.execute(sql, params).rowcount
-        conn.execute("DELETE FROM cache_entries WHERE expires <= ?", (now,))  # and what expired anyway
-        self._known = self._load_known()  # what is left is the file's to say
-        return int(removed)
+        sql = "DELETE FROM cache_rows" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        # Erasure: deleted rows are overwritten with zeros in the file, and the WAL (which still
+        # holds the pages as they were) is copied back and truncated.
+        conn.execute("PRAGMA secure_delete=ON")
+        try:
+            removed = conn.execute(sql, params).rowcount
+            conn.execute("DELETE FROM cache_rows WHERE expires <= ?", (now,))  # and what expired anyway
+        finally:
+            conn.execute("PRAGMA secure_delete=OFF")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return int(removed), self._load_index()  # what is left is the file's to say
 
     async def purge(self, where: PurgeFilter) -> int:
-        removed: int = await self._on(self._writer, self._purge, where, time.time())
-        return removed
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        # What was stored since (still in memory) and matches goes too.
+        now = time.time()
+        doomed = {e.id for e in self._pending.values() if where.matches(e.team, e.model, e.created, e.creator, now)}
+        if doomed:
+            self._queue = [e for e in self._queue if e.id not in doomed]
+            for entry_id in doomed:
+                del self._pending[entry_id]
+        removed, rows = await self._on(self._writer, self._purge, where, now)
+        self._rows = rows
+        return int(removed) + len(doomed)
 
     def _close(self, conn: sqlite3.Connection | None) -> None:
         if conn is not None:

@@ -142,8 +142,8 @@ class CacheStep(Step):
 
     async def before(self, call: Call) -> None:
         request = call.request
-        if not isinstance(request, ChatCompletionRequest):
-            return
+        if not isinstance(request, ChatCompletionRequest) or call.replay is not None:
+            return  # an earlier step answered already (a grounded call that abstained)
         config = self.config_for(call.model_name)
         if config.mode == "off":
             return
@@ -233,6 +233,9 @@ class CacheStep(Step):
                 "prompt_tokens": call.prompt_tokens,
                 "completion_tokens": call.completion_tokens,
                 "created": now,
+                # The knowledge-bank documents a grounded answer was built from (the knowledge
+                # step's notes): `meshgate erase` removes the entries built from an erased document.
+                "documents": (call.notes.get("knowledge") or {}).get("documents") or [],
             }
         )
         self.cache.store(

@@ -35,12 +35,18 @@ class InvalidToken(Exception):
 
 class OidcVerifier:
     def __init__(
-        self, jwks: str, issuer: str, audience: str, team_claim: str = "team", roles_claim: str = "roles"
+        self,
+        jwks: str,
+        issuer: str,
+        audience: str,
+        team_claim: str = "team",
+        roles_claim: str = "roles",
+        groups_claim: str = "groups",
     ) -> None:
         if not (issuer and audience):
             raise ConfigError("oidc: oidc_issuer and oidc_audience are required with oidc_jwks")
         self.source, self.issuer, self.audience = jwks, issuer, audience
-        self.team_claim, self.roles_claim = team_claim, roles_claim
+        self.team_claim, self.roles_claim, self.groups_claim = team_claim, roles_claim, groups_claim
         self._keys: dict[str | None, Any] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -85,8 +91,9 @@ class OidcVerifier:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def verify(self, token: str) -> tuple[str, str, str]:
-        """(subject, team, role) of a valid token, or InvalidToken."""
+    def verify(self, token: str) -> tuple[str, str, str, tuple[str, ...]]:
+        """(subject, team, role, groups) of a valid token, or InvalidToken. Groups (a list or one
+        string in the groups claim) decide which knowledge-bank documents the caller may read."""
         try:
             header = jwt.get_unverified_header(token)
             kid = header.get("kid")
@@ -116,7 +123,9 @@ class OidcVerifier:
             raise InvalidToken(f"no {self.team_claim!r} claim")
         if role is None:
             raise InvalidToken(f"no meshgate role in {self.roles_claim!r} (one of {', '.join(ROLES)})")
-        return str(claims["sub"]), team, role
+        groups = claims.get(self.groups_claim)
+        groups = [groups] if isinstance(groups, str) else list(groups or []) if isinstance(groups, list) else []
+        return str(claims["sub"]), team, role, tuple(str(g) for g in groups if isinstance(g, str) and g)
 
 
 def _read_text(path: str) -> str:

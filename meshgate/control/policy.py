@@ -82,6 +82,8 @@ class Principal:
     expires_at: float | None = None
     #: The stricter of the key's and the team's data class; None when neither carries one.
     data_class: str | None = None
+    #: OIDC groups of a token caller (keys have none): knowledge-bank ACLs may name them.
+    groups: tuple[str, ...] = ()
 
 
 #: The caller when authentication is switched off (`--no-auth`, loopback only).
@@ -286,7 +288,7 @@ class Policy:
     def _token_principal(self, token: str) -> Principal:
         assert self.oidc is not None and self.keys is not None
         try:
-            subject, team_name, role = self.oidc.verify(token)
+            subject, team_name, role, groups = self.oidc.verify(token)
         except InvalidToken as exc:
             log.info("oidc: token refused: %s", exc)
             raise AuthenticationError(REFUSED) from None
@@ -300,6 +302,7 @@ class Policy:
             team_models=team.models if team else (),
             team_limits=team.limits if team else Limits(),
             data_class=team.data_class if team else None,
+            groups=groups,
         )
 
     @staticmethod

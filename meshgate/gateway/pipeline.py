@@ -146,6 +146,26 @@ class OutputTransform(Protocol):
         """The chunks as the client gets them (new dicts: the originals may be cached)."""
 
 
+class _Chained:
+    """Two output transforms: `inner` (closer to the model) first, then `outer`."""
+
+    def __init__(self, inner: OutputTransform, outer: OutputTransform) -> None:
+        self.inner, self.outer = inner, outer
+
+    async def complete(self, result: dict[str, Any]) -> dict[str, Any]:
+        return await self.outer.complete(await self.inner.complete(result))
+
+    def stream(self, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        return self.outer.stream(self.inner.stream(chunks))
+
+
+def add_output(call: Call, transform: OutputTransform) -> None:
+    """Give the answer to `transform` before the transforms already set: steps run in ascending
+    order before the model, so a later step's transform sits closer to the model (the guards
+    restore redacted values before the knowledge step adds its citations)."""
+    call.output = transform if call.output is None else _Chained(transform, call.output)
+
+
 class Step:
     """A pipeline step. `before` may refuse the call by raising a MeshError; `after` must not raise."""
 

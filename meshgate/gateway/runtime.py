@@ -24,6 +24,7 @@ from meshgate.errors import ConfigError, StartupError
 from meshgate.gateway.pipeline import Pipeline, Step
 from meshgate.gateway.reload import ConfigReloader, build_models
 from meshgate.guards.reviews import ReviewStore
+from meshgate.knowledge.service import KnowledgeService
 from meshgate.observe.audit import AuditEvent, AuditLog, AuditWriter, Signer
 from meshgate.observe.audit_anchor import default_anchor
 from meshgate.observe.counters import Counters
@@ -70,6 +71,8 @@ class Runtime:
         self.control: ControlService | None = None
         #: The human review queue of the guards (on the database, once started).
         self.reviews: ReviewStore | None = None
+        #: Knowledge banks (on the database, once started).
+        self.knowledge: KnowledgeService | None = None
         self.keys: KeyStore | None = None
         self.oidc: OidcVerifier | None = None
         self.policy = Policy(None)
@@ -109,7 +112,9 @@ class Runtime:
             )
         if self.settings.oidc_jwks and self.keys is not None:
             s = self.settings
-            self.oidc = OidcVerifier(s.oidc_jwks, s.oidc_issuer, s.oidc_audience, s.oidc_team_claim, s.oidc_roles_claim)
+            self.oidc = OidcVerifier(
+                s.oidc_jwks, s.oidc_issuer, s.oidc_audience, s.oidc_team_claim, s.oidc_roles_claim, s.oidc_groups_claim
+            )
             await self.oidc.start()
         self.policy = Policy(self.keys, self.oidc)
         if self.settings.redis_url:
@@ -137,6 +142,10 @@ class Runtime:
             log.info("model %s (%s) ready in %.1fs", model.name, model.provider, time.monotonic() - began)
 
         await asyncio.gather(*(start_model(m) for m in self._leaves.values()))
+        self.knowledge = KnowledgeService(
+            self.db, self.config.knowledge, self.settings.data_dir, self.lookup, self.audit.record
+        )
+        await self.knowledge.start()
         await self.audit.record(
             AuditEvent(
                 "server.started",
@@ -174,6 +183,8 @@ class Runtime:
             except Exception:
                 log.exception("model %s did not close cleanly", model.name)
         self._started.clear()
+        if self.knowledge is not None:
+            await self.knowledge.close()
         if self.keys is not None:
             await self.keys.stop()
         if self.oidc is not None:

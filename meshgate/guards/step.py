@@ -20,7 +20,7 @@ from typing import Any
 
 from meshgate.data_classes import stricter
 from meshgate.gateway.capabilities import refused
-from meshgate.gateway.pipeline import ORDER_INPUT_GUARDS, Call, Step
+from meshgate.gateway.pipeline import ORDER_INPUT_GUARDS, Call, Step, add_output
 from meshgate.guards.engine import Guards, Hit, Outcome, Plan
 from meshgate.guards.errors import GuardBlocked, GuardFailed, ReviewHeld
 from meshgate.guards.findings import Direction, ScanContext
@@ -110,8 +110,9 @@ class GuardStep(Step):
                 self._record(record, result, "output")
                 await self._decide(call, plan, result, "output", request, answer)
 
-            call.output = OutputGuard(
-                guards, plan.output, vault, prompt, decide, plan.holds_output and not released, released
+            add_output(
+                call,
+                OutputGuard(guards, plan.output, vault, prompt, decide, plan.holds_output and not released, released),
             )
 
     async def _embedding(

@@ -38,8 +38,8 @@ CONTENT_POLICIES = ("off", "redacted", "full")
 SECRET_ENV = "MESHGATE_AUDIT_SECRET"
 
 INSERT_AUDIT = (
-    "INSERT INTO audit_log (seq, ts, event, actor, subject, detail, content, prev_hash, hash) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO audit_log (seq, ts, event, actor, subject, detail, content, content_sha256, prev_hash, hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -57,30 +57,39 @@ class AuditEvent:
         return ()
 
 
-def _canonical(seq: int, ts: float, event: AuditEvent, detail: str, content: str | None) -> bytes:
-    body = {
-        "seq": seq,
-        "ts": ts,
-        "event": event.event,
-        "actor": event.actor,
-        "subject": event.subject,
-        "detail": detail,
-        "content": content,
-    }
+def content_digest(content: str | None) -> str | None:
+    return None if content is None else hashlib.sha256(content.encode()).hexdigest()
+
+
+def _body(
+    seq: int, ts: float, event: str, actor: str, subject: str, detail: str, content: str | None, digest: str | None
+) -> bytes:
+    """The chained form of a record. Since migration 0011 the chain covers the sha256 of the
+    content, not the content: erasure (`meshgate erase`) may blank the content and every hash still
+    holds. Records written before keep their old form (content itself, no digest)."""
+    body: dict[str, Any] = {"seq": seq, "ts": ts, "event": event, "actor": actor, "subject": subject, "detail": detail}
+    if digest is not None:
+        body["content_sha256"] = digest
+    else:
+        body["content"] = content
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _canonical(seq: int, ts: float, event: AuditEvent, detail: str, content: str | None) -> bytes:
+    return _body(seq, ts, event.event, event.actor, event.subject, detail, content, content_digest(content))
 
 
 def _row_canonical(row: dict[str, Any]) -> bytes:
-    body = {
-        "seq": int(row["seq"]),
-        "ts": float(row["ts"]),
-        "event": row["event"],
-        "actor": row["actor"],
-        "subject": row["subject"],
-        "detail": row["detail"],
-        "content": row["content"],
-    }
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return _body(
+        int(row["seq"]),
+        float(row["ts"]),
+        row["event"],
+        row["actor"],
+        row["subject"],
+        row["detail"],
+        row["content"],
+        row.get("content_sha256"),
+    )
 
 
 def link(prev_hash: str, canonical: bytes) -> str:
@@ -215,7 +224,20 @@ async def append_checkpointed(tx: Queries, events: list[AuditEvent], signer: Sig
         detail = json.dumps(event.detail, sort_keys=True, separators=(",", ":"))
         content = None if event.content is None else json.dumps(event.content, sort_keys=True, separators=(",", ":"))
         record_hash = link(prev, _canonical(seq, ts, event, detail, content))
-        rows.append((seq, ts, event.event, event.actor, event.subject, detail, content, prev, record_hash))
+        rows.append(
+            (
+                seq,
+                ts,
+                event.event,
+                event.actor,
+                event.subject,
+                detail,
+                content,
+                content_digest(content),
+                prev,
+                record_hash,
+            )
+        )
         prev = record_hash
     await tx.executemany(INSERT_AUDIT, rows)
     unsigned = Checkpoint(
@@ -336,7 +358,10 @@ async def verify(db: Database, signer: Signer, anchors: Sequence[Anchor] = ()) -
             return Verdict(False, checked, expected, f"record {expected} is missing (next is {seq})")
         if row["prev_hash"] != prev:
             return Verdict(False, checked, seq, f"record {seq} does not follow record {seq - 1} (removed or reordered)")
-        if link(prev, _row_canonical(row)) != row["hash"]:
+        digest = row.get("content_sha256")
+        if link(prev, _row_canonical(row)) != row["hash"] or (
+            digest is not None and row["content"] is not None and content_digest(row["content"]) != digest
+        ):
             return Verdict(False, checked, seq, f"record {seq} was altered (its hash does not match its content)")
         checkpoint = by_seq.get(seq)
         if checkpoint is not None and checkpoint.head != row["hash"]:

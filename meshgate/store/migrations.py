@@ -201,6 +201,57 @@ MIGRATIONS: list[Migration] = [
             "ALTER TABLE usage ADD COLUMN guards TEXT",
         ),
     ),
+    Migration(
+        "0010_knowledge_banks",
+        (
+            # Knowledge banks (meshgate/knowledge/): the bank's owner team, embedder and index; its
+            # documents with their hashes (incremental ingest, duplicates), ACL and data class. The
+            # chunks themselves live in the bank's index (embedded SQLite file, Milvus, pgvector...).
+            """CREATE TABLE banks (
+                name TEXT PRIMARY KEY,
+                team TEXT,
+                embedder TEXT NOT NULL,
+                index_kind TEXT NOT NULL,
+                dimensions INTEGER NOT NULL,
+                data_class TEXT NOT NULL,
+                acl TEXT NOT NULL,
+                description TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE bank_documents (
+                id TEXT PRIMARY KEY,
+                bank TEXT NOT NULL,
+                source TEXT NOT NULL,
+                title TEXT NOT NULL,
+                format TEXT NOT NULL,
+                content_hash TEXT NOT NULL,
+                text_hash TEXT NOT NULL,
+                minhash TEXT,
+                duplicate_of TEXT,
+                similarity DOUBLE PRECISION,
+                acl TEXT NOT NULL,
+                data_class TEXT NOT NULL,
+                chunks INTEGER NOT NULL,
+                tokens INTEGER NOT NULL,
+                bytes INTEGER NOT NULL,
+                pages INTEGER,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (bank, source)
+            )""",
+            "CREATE INDEX bank_documents_content ON bank_documents (bank, content_hash)",
+            "CREATE INDEX bank_documents_duplicate ON bank_documents (duplicate_of)",
+        ),
+    ),
+    Migration(
+        "0011_audit_content_digest",
+        (
+            # Erasure (issue 15): the chain covers the sha256 of a record's content, not the content,
+            # so erasing content keeps every hash (records written before keep their old canonical form).
+            "ALTER TABLE audit_log ADD COLUMN content_sha256 TEXT",
+        ),
+    ),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS meshgate_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"

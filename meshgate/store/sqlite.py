@@ -135,6 +135,8 @@ class SQLiteDatabase(Database):
             # isolation_level=None: autocommit; transactions are explicit BEGIN ... COMMIT.
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
             conn.execute("PRAGMA journal_mode=WAL")
+            # Erasure (meshgate erase) must leave no copy: deleted rows are zeroed, not left in free pages.
+            conn.execute("PRAGMA secure_delete=ON")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA foreign_keys=ON")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meshgate.cache.backends import Backend, Entry, MemoryBackend, PurgeFilter, RedisBackend, SQLiteBackend
+from meshgate.cache.backends import (
+    Backend,
+    Candidates,
+    Entry,
+    MemoryBackend,
+    PurgeFilter,
+    RedisBackend,
+    SQLiteBackend,
+)
 from meshgate.cache.key import Tenant
 from meshgate.cache.semantic import best_match
 
@@ -152,3 +161,136 @@ async def test_sqlite_survives_a_restart_in_a_private_file(tmp_path: Path) -> No
     _, candidates = await second.lookup(rid("a:y"), "B")
     assert candidates.ids == [rid("a:x")]
     await second.close()
+
+
+def _file_bytes(path: Path) -> bytes:
+    """The cache file and its WAL, as they are on disk."""
+    return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+async def test_sqlite_purge_leaves_no_trace_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite3"
+    backend = SQLiteBackend(path)
+    secret = b"the answer about Alice Example, 1970-01-02"
+    for i in range(50):  # enough rows for several pages, the secret in some of them
+        e = entry(f"p:{i}", team="a" if i % 7 else "gone")
+        e.value = secret + b" #%d" % i if i % 7 == 0 else b"x" * 300
+        await backend.put(e)
+    assert secret in _file_bytes(path)
+    assert await backend.purge(PurgeFilter(team="gone")) == 8
+    assert secret not in _file_bytes(path)  # overwritten, not only unlinked from the tree
+    assert await backend.get(rid("p:1")) == b"x" * 300
+    await backend.close()
+
+
+async def test_sqlite_answers_stores_before_they_are_written_and_keeps_them(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite3"
+    backend = SQLiteBackend(path)
+    flush = backend.put_later(entry("w:1"))
+    assert flush is not None and not flush.done()
+    assert await backend.get(rid("w:1")) == b"value of w:1"  # from memory, before the batch
+    assert backend.put_later(entry("w:2")) is None  # joins the batch under way
+    await flush
+    await backend.close()
+    again = SQLiteBackend(path)
+    assert [await again.get(rid(n)) for n in ("w:1", "w:2")] == [b"value of w:1", b"value of w:2"]
+    await again.close()
+
+
+async def test_sqlite_miss_path_reads_nothing(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path / "cache.sqlite3")
+    await backend.put(entry("m:1"))
+
+    def no_read(*args: object) -> None:
+        raise AssertionError("the miss path read the file")
+
+    backend._lookup = no_read  # type: ignore[method-assign, assignment]
+    assert await backend.lookup(rid("m:absent"), None) == (None, Candidates())
+    await backend.close()
+
+
+async def test_sqlite_stale_hints_never_answer_with_another_entry(tmp_path: Path) -> None:
+    """Two processes on one file: one purges and writes anew (row numbers are reused); what the
+    other remembers of the old rows is a miss, not the new row's answer."""
+    path = tmp_path / "cache.sqlite3"
+    first, second = SQLiteBackend(path), SQLiteBackend(path)
+    assert await second.get(rid("s:old")) is None  # opens `second`
+    await first.put(entry("s:old", team="t1"))
+    assert await second.get(rid("s:old")) is None  # written after `second` opened: not known there
+    assert await second.purge(PurgeFilter()) == 1
+    await second.put(entry("s:new", team="t2"))
+    assert await first.get(rid("s:old")) is None
+    assert await second.get(rid("s:new")) == b"value of s:new"
+    # A semantic lookup meets the other process's entries, and `get` then finds them.
+    await second.put(entry("s:q", bucket="Q", vector=[1, 0]))
+    _, candidates = await first.lookup(rid("s:none"), "Q")
+    assert candidates.ids == [rid("s:q")]
+    assert await first.get(rid("s:q")) == b"value of s:q"
+    await first.close()
+    await second.close()
+
+
+async def test_sqlite_keeps_the_newest_max_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import meshgate.cache.backends as backends
+
+    monkeypatch.setattr(backends, "SWEEP_EVERY", 5)
+    backend = SQLiteBackend(tmp_path / "cache.sqlite3", max_entries=10)
+    for i in range(40):
+        await backend.put(entry(f"n:{i}"))
+    kept = [i for i in range(40) if await backend.get(rid(f"n:{i}")) is not None]
+    assert 10 <= len(kept) <= 15 and kept == list(range(40 - len(kept), 40))
+    assert len(backend._rows) == len(kept)  # the index forgets what the file dropped
+    await backend.close()
+
+
+async def test_sqlite_replaced_entry_and_expired_rows_are_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meshgate.cache.backends as backends
+
+    monkeypatch.setattr(backends, "SWEEP_EVERY", 3)
+    path = tmp_path / "cache.sqlite3"
+    backend = SQLiteBackend(path)
+    await backend.put(entry("r:1"))
+    replaced = entry("r:1")
+    replaced.value = b"newer"
+    await backend.put(replaced)
+    assert await backend.get(rid("r:1")) == b"newer"
+    await backend.put(entry("r:short", ttl=0.05))
+    await asyncio.sleep(0.1)
+    for i in range(3):
+        await backend.put(entry(f"r:f{i}"))
+    with sqlite3.connect(path) as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM cache_rows")]
+    assert sorted(ids) == sorted([rid("r:1"), rid("r:f0"), rid("r:f1"), rid("r:f2")])  # one r:1, no r:short
+    await backend.close()
+
+
+async def test_sqlite_opens_a_version_1_file(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite3"
+    now = time.time()
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE cache_entries (id TEXT PRIMARY KEY, team TEXT NOT NULL, creator TEXT NOT NULL,
+                model TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, bucket TEXT,
+                guard TEXT NOT NULL DEFAULT '', vector BLOB, value BLOB NOT NULL);
+            PRAGMA user_version=1;
+            """
+        )
+        conn.execute(
+            "INSERT INTO cache_entries VALUES ('v1:live', 'a', 'k', 'm', ?, ?, NULL, '', NULL, x'6c697665')",
+            (now, now + 60),
+        )
+        conn.execute(
+            "INSERT INTO cache_entries VALUES ('v1:dead', 'a', 'k', 'm', ?, ?, NULL, '', NULL, x'64656164')",
+            (now, now - 1),
+        )
+    backend = SQLiteBackend(path)
+    assert await backend.get("v1:live") == b"live"
+    assert await backend.get("v1:dead") is None
+    assert await backend.purge(PurgeFilter(team="a")) == 1
+    await backend.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'cache_entries'").fetchone()[0] == 0

@@ -225,6 +225,13 @@ class LocalEmbeddingModel(EmbeddingModel):
             size *= 4
         return 0
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` with [CLS]/[SEP], as the model sees it (knowledge-bank chunking budgets
+        by this). Call from a worker thread: the cost grows with the text."""
+        if self._tokenizer is None:
+            raise ServiceUnavailable(f"model `{self.name}` is not loaded")
+        return len(self._tokenizer.encode_batch([text], add_special_tokens=True)[0].ids)
+
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text; refuses one over `max_input_tokens`. Runs in a tokenizer thread."""
         if self._tokenizer is None:

@@ -1,0 +1,1 @@
+"""One module per file format; `meshgate.knowledge.parsing` picks the parser."""
