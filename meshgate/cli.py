@@ -172,7 +172,7 @@ def _register_reviews() -> None:
 def _register_knowledge() -> None:
     from meshgate.knowledge import cli as knowledge_cli
 
-    knowledge_cli.register(cli, _load)
+    knowledge_cli.register(cli, _load, lambda: provider_types(_plugins))
     knowledge_cli.register_erase(cli, _load)
 
 

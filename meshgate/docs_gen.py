@@ -13,6 +13,7 @@ from pydantic.fields import FieldInfo
 from meshgate.cache.config import CacheConfig
 from meshgate.data_classes import DEFAULT_ALLOWED_HOSTING
 from meshgate.guards.config import ApplyTo, GuardPolicy, Rule
+from meshgate.knowledge.config import KnowledgeConfig
 from meshgate.plugins import make_plugin_manager, provider_types
 from meshgate.providers.base import ModelConfig
 from meshgate.routing.config import BreakerConfig, RouteConfig
@@ -112,6 +113,12 @@ def render() -> str:
         "Guard rules",
         "The long form of an `input:` or `output:` entry (`pii: redact` is short for `pii: {action: redact}`).",
         Rule,
+    )
+    lines += _section(
+        "Knowledge",
+        "The top-level `knowledge:` block: options per index kind (`milvus`, `pgvector`, `pinecone`) and "
+        "the defaults of grounded answers. See docs/knowledge.md and docs/knowledge-indexes.md.",
+        KnowledgeConfig,
     )
     lines += [
         "## Data classes",

@@ -28,6 +28,9 @@ from meshgate.settings import ServerSettings
 T = TypeVar("T")
 Load = Callable[[str | None, dict[str, Any]], tuple[Any, ServerSettings]]
 
+#: The provider types by name (the top-level CLI hands its plugin manager's in `register`).
+_provider_types: Callable[[], dict[str, Any]] = dict
+
 store_options = settings_options("data_dir", "database_url")
 
 
@@ -42,7 +45,6 @@ def run_with_knowledge(
     embedders (and the default one) are loaded first (ingest and search need them)."""
     from meshgate.observe.audit import AuditLog, Signer
     from meshgate.observe.audit_anchor import default_anchor
-    from meshgate.plugins import make_plugin_manager, provider_types
     from meshgate.providers.base import Model, ProviderContext
     from meshgate.routing.config import RouteConfig
     from meshgate.store import connect, migrate
@@ -52,7 +54,7 @@ def run_with_knowledge(
         config, settings = load(config_path, cli_values)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    types = provider_types(make_plugin_manager())
+    types = _provider_types()
     context = ProviderContext(data_dir=settings.data_dir, model_cache=settings.resolved_model_cache)
     started: dict[str, Model] = {}
 
@@ -188,7 +190,10 @@ def print_report(report: IngestReport, as_json: bool) -> None:
         click.echo(f"  failed {failure['source']}: {failure['reason']}", err=True)
 
 
-def register(cli: click.Group, load: Load) -> None:
+def register(cli: click.Group, load: Load, provider_types: Callable[[], dict[str, Any]]) -> None:
+    global _provider_types
+    _provider_types = provider_types
+
     @cli.group()
     def banks() -> None:
         """Knowledge banks: create, ingest documents, search."""

@@ -231,6 +231,41 @@ async def test_errors_in_the_api_schema(admin: AppClient, bank: str) -> None:
     assert bad_filter.status_code == 400
 
 
+def _texts(hits: list[dict[str, Any]]) -> str:
+    return " ".join(hit["text"] for hit in hits)
+
+
+async def test_anthropic_messages_take_knowledge_too(admin: AppClient, bank: str) -> None:
+    response = await admin.http.post(
+        "/v1/messages",
+        json={
+            "model": "echo-chat",
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "How many days before departure must flights be booked?"}],
+            "knowledge": {"banks": [bank]},
+        },
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["type"] == "message" and body["abstained"] is False
+    assert body["citations"] and body["citations"][0]["source"] == "upload:travel.md"
+    async with admin.http.stream(
+        "POST",
+        "/v1/messages",
+        json={
+            "model": "echo-chat",
+            "max_tokens": 64,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Which volcano erupted in Iceland in 2010?"}],
+            "knowledge": {"banks": [bank]},
+        },
+    ) as streamed:
+        events = [json.loads(line[6:]) async for line in streamed.aiter_lines() if line.startswith("data: ")]
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert delta["abstained"] is True and delta["citations"] == []
+    assert events[-1]["type"] == "message_stop"
+
+
 async def test_other_teams_cannot_manage_and_deleting_removes_chunks(admin: AppClient, bank: str) -> None:
     outsider = await key_for(admin, "sales")
     docs = (await admin.http.get(f"/v1/banks/{bank}/documents")).json()["data"]
@@ -242,7 +277,3 @@ async def test_other_teams_cannot_manage_and_deleting_removes_chunks(admin: AppC
     assert response.status_code == 200, response.text
     hits = (await admin.http.post(f"/v1/banks/{bank}/search", json={"query": "meal expenses receipts"})).json()["data"]
     assert all(hit["document_id"] != travel["id"] for hit in hits)
-
-
-def _texts(hits: list[dict[str, Any]]) -> str:
-    return " ".join(hit["text"] for hit in hits)

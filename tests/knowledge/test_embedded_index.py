@@ -105,17 +105,21 @@ async def test_acl_is_applied_before_top_k(index: EmbeddedIndex) -> None:
     # 40 chunks only team:b may read, made the best matches for both retrievers...
     for i in range(40):
         close = query + 0.05 * unit(rng)
-        chunks.append(IndexedChunk(
-            ChunkRef(f"b{i}", f"db{i}", "gearbox gearbox gearbox oil", "s", "t", acl=("team:b",)),
-            close / np.linalg.norm(close),
-        ))
+        chunks.append(
+            IndexedChunk(
+                ChunkRef(f"b{i}", f"db{i}", "gearbox gearbox gearbox oil", "s", "t", acl=("team:b",)),
+                close / np.linalg.norm(close),
+            )
+        )
     # ...and 6 that team:a may read, weaker matches.
     for i in range(6):
         acl = ("public",) if i % 2 else ("team:a", "user:z")
-        chunks.append(IndexedChunk(
-            ChunkRef(f"a{i}", f"da{i}", f"the gearbox manual part {i} with many other words", "s", "t", acl=acl),
-            unit(rng),
-        ))
+        chunks.append(
+            IndexedChunk(
+                ChunkRef(f"a{i}", f"da{i}", f"the gearbox manual part {i} with many other words", "s", "t", acl=acl),
+                unit(rng),
+            )
+        )
     await index.upsert("docs", chunks)
     reader = Readers.of("team:a", "public")
     keyword = await index.keyword_search("docs", "gearbox", reader, 5)
@@ -165,9 +169,7 @@ async def test_filters_follow_the_reference_semantics(index: EmbeddedIndex) -> N
     reader = Readers.of("public", "team:a")
     query = unit(rng)
     for filters in filters_list:
-        expected = {
-            c.chunk.chunk_id for c in chunks if matches(c.chunk, filters) and reader.may_read(c.chunk.acl)
-        }
+        expected = {c.chunk.chunk_id for c in chunks if matches(c.chunk, filters) and reader.may_read(c.chunk.acl)}
         keyword = await index.keyword_search("docs", "alpha report", reader, 100, filters)
         vector = await index.vector_search("docs", query, reader, 100, filters)
         assert {h.chunk.chunk_id for h in keyword} == expected, filters
@@ -215,11 +217,14 @@ def test_query_terms() -> None:
 
 async def test_upsert_replaces_and_keyword_ranks_by_bm25(index: EmbeddedIndex) -> None:
     rng = np.random.default_rng(5)
-    await index.upsert("docs", [
-        chunk(0, "compressor stall margin in transonic flow", rng),
-        chunk(1, "compressor maintenance schedule", rng),
-        chunk(2, "landing gear", rng),
-    ])
+    await index.upsert(
+        "docs",
+        [
+            chunk(0, "compressor stall margin in transonic flow", rng),
+            chunk(1, "compressor maintenance schedule", rng),
+            chunk(2, "landing gear", rng),
+        ],
+    )
     hits = await index.keyword_search("docs", "compressor stall", Readers.of("public"), 5)
     assert [h.chunk.chunk_id for h in hits] == ["c0", "c1"]
     await index.upsert("docs", [chunk(0, "rotor icing", rng)])
@@ -232,11 +237,14 @@ async def test_upsert_replaces_and_keyword_ranks_by_bm25(index: EmbeddedIndex) -
 
 async def test_chunks_containing_finds_substrings_case_insensitively(index: EmbeddedIndex) -> None:
     rng = np.random.default_rng(6)
-    await index.upsert("docs", [
-        chunk(0, "Contact Jane.Doe@Example.com for access.", rng),
-        chunk(1, "jane doe wrote this", rng),
-        chunk(2, "Nothing here about example", rng),
-    ])
+    await index.upsert(
+        "docs",
+        [
+            chunk(0, "Contact Jane.Doe@Example.com for access.", rng),
+            chunk(1, "jane doe wrote this", rng),
+            chunk(2, "Nothing here about example", rng),
+        ],
+    )
     await index.create_bank("other", DIMS)
     await index.upsert("other", [chunk(0, "jane.doe@example.com", rng)])
 

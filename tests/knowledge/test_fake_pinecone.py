@@ -264,6 +264,16 @@ async def test_client_sends_the_documented_requests(fake: FakePinecone) -> None:
         assert stored.metadata["text"] == "Orbital mechanics notes" and stored.metadata["acl"] == ["team:a"]
         assert "page" not in stored.metadata and stored.sparse is not None  # no nulls; BM25 terms
         assert await index.keyword_search("docs", "orbital", Readers.of("team:b"), 3) == []
+        # The IDF statistics, built by the first keyword search, follow this object's own writes.
+        assert [h.chunk.chunk_id for h in await index.keyword_search("docs", "orbital", Readers.of("team:a"), 3)] == [
+            "c1"
+        ]
+        await index.upsert("docs", [item("c2", "Lunar gravity assists", ("team:a",), vec(0, 1))])
+        lunar = await index.keyword_search("docs", "lunar", Readers.of("team:a"), 3)
+        assert [h.chunk.chunk_id for h in lunar] == ["c2"] and lunar[0].score > 0
+        assert await index.delete_documents("docs", ["doc"]) == 2
+        assert await index.keyword_search("docs", "lunar", Readers.of("team:a"), 3) == []
+        await index.upsert("docs", [item("c1", "Orbital mechanics notes", ("team:a",), vec(1))])
 
         # 429 and 5xx are retried; a persistent failure surfaces with Pinecone's message.
         fake.fail_next(429, times=2)

@@ -184,6 +184,9 @@ async def test_upsert_count_and_ranking(index: ChunkIndex, banks: Banks) -> None
     assert set(ids(hits)) == {"c3", "c1"}
     assert hits[0].score > hits[1].score > 0
     assert hits[0].chunk.text == texts[3] and hits[0].chunk.source == "/docs/c3.md"
+    assert await index.keyword_search(bank, "!!! ??? --", everyone, 5) == []  # no word, no error
+    assert isinstance(await index.keyword_search(bank, "the of and", everyone, 5), list)  # stop words only
+    assert isinstance(await index.keyword_search(bank, "reactor\" OR (NEAR* -x): \\ '", everyone, 5), list)
 
     hits = await index.vector_search(bank, vectors[2], everyone, 3)
     expected = sorted(range(5), key=lambda i: -float(vectors[i] @ vectors[2]))[:3]
@@ -401,3 +404,85 @@ async def test_randomised_acl_never_leaks(index: ChunkIndex, banks: Banks) -> No
         assert len(hits) == min(k, len(holding))
         assert all(word in hit.chunk.text.split() for hit in hits)
         assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+
+
+# -- store-specific guarantees behind the contract ---------------------------------------------
+
+
+async def test_pgvector_hnsw_scan_still_returns_k_readable_rows(pg_url: str) -> None:
+    """With the planner forced onto the HNSW index (a big bank picks it by itself), a plain HNSW scan
+    stops after `ef_search` candidates and a selective ACL leaves ~1 row; the iterative scan the
+    index turns on keeps going until k readable rows are found."""
+    from meshgate.knowledge.index.pgvector import PgVectorIndex, table_name, vector_text
+
+    index = PgVectorIndex(pg_url, server_settings={"enable_seqscan": "off", "enable_bitmapscan": "off"})
+    await index.open()
+    bank = f"hnsw {uuid.uuid4().hex[:8]}"
+    try:
+        await index.create_bank(bank, DIM)
+        rng = np.random.default_rng(11)
+        items = [chunk(f"h{i}", "row", unit(rng), acl=("public",) if i % 50 == 0 else ("team:x",)) for i in range(1000)]
+        await index.upsert(bank, items)
+        query = unit(rng)
+        plan = "\n".join(
+            row[0]
+            for row in await index.pool.fetch(
+                f"EXPLAIN SELECT chunk_id FROM {table_name(bank)} WHERE acl && $1::text[] "
+                "ORDER BY embedding <=> $2::vector LIMIT 10",
+                ["public"],
+                vector_text(query),
+            )
+        )
+        assert "_embedding" in plan  # the HNSW index scan
+        plain = await index.pool.fetch(
+            f"SELECT chunk_id FROM {table_name(bank)} WHERE acl && $1::text[] "
+            "ORDER BY embedding <=> $2::vector LIMIT 10",
+            ["public"],
+            vector_text(query),
+        )
+        assert len(plain) < 10  # what filtering after the index's top candidates gives
+        hits = await index.vector_search(bank, query, Readers.of("public"), 10)
+        assert len(hits) == 10 and all(hit.chunk.acl == ("public",) for hit in hits)
+    finally:
+        await index.drop_bank(bank)
+        await index.close()
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+def test_registry_builds_each_kind_and_explains_bad_options(tmp_path: Path) -> None:
+    from meshgate.errors import ConfigError
+    from meshgate.knowledge.index.registry import INDEX_KINDS, build_index
+
+    assert INDEX_KINDS == ("embedded", "milvus", "pgvector", "pinecone")
+    built = {
+        "embedded": build_index("embedded", {}, tmp_path),
+        "milvus": build_index("milvus", {"uri": str(tmp_path / "m.db"), "token": "t"}, tmp_path),
+        "pgvector": build_index("pgvector", {"url": "postgresql://x@localhost/db"}, tmp_path),
+        "pinecone": build_index("pinecone", {"host": "idx.svc.pinecone.io", "api_key": "k"}, tmp_path),
+    }
+    assert {kind: index.kind for kind, index in built.items()} == {kind: kind for kind in INDEX_KINDS}
+    assert getattr(built["embedded"], "path", None) == tmp_path / "knowledge" / "index.sqlite"
+    assert getattr(built["pinecone"], "base_url", None) == "https://idx.svc.pinecone.io"
+    with pytest.raises(ConfigError, match=r"unknown kind \(one of: embedded, milvus, pgvector, pinecone\)"):
+        build_index("faiss", {}, tmp_path)
+    with pytest.raises(ConfigError, match=r"knowledge\.indexes\.pinecone\.api_key: required"):
+        build_index("pinecone", {"host": "h"}, tmp_path)
+    with pytest.raises(ConfigError, match=r"knowledge\.indexes\.milvus\.uri: required"):
+        build_index("milvus", {}, tmp_path)
+    with pytest.raises(ConfigError, match=r"knowledge\.indexes\.pgvector\.uri: unknown option"):
+        build_index("pgvector", {"uri": "postgresql://"}, tmp_path)
+
+
+def test_registry_imports_backends_only_when_built(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from meshgate.knowledge.index.registry import build_index; "
+        f"build_index('pgvector', {{'url': 'postgresql://x@h/db'}}, Path({str(tmp_path)!r})); "
+        "assert 'pymilvus' not in sys.modules and 'meshgate.knowledge.index.pinecone' not in sys.modules, "
+        "sorted(m for m in sys.modules if 'milvus' in m or 'pinecone' in m)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

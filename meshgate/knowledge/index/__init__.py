@@ -1,2 +1,2 @@
 """Chunk indexes: one contract (base.ChunkIndex), one backend per store (embedded, milvus,
-pgvector, pinecone), chosen by name through `open_index`."""
+pgvector, pinecone), chosen by name through `registry.build_index`."""

@@ -118,8 +118,17 @@ def acl_sql(readers: Readers, params: _Params) -> str:
 class PgVectorIndex(ChunkIndex):
     kind = "pgvector"
 
-    def __init__(self, url: str, *, max_scan_tuples: int = 100_000, ef_search: int = 100) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_scan_tuples: int = 100_000,
+        ef_search: int = 100,
+        server_settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.url = url
+        #: PostgreSQL settings for every connection (statement_timeout, application_name...).
+        self.server_settings = dict(server_settings or {})
         #: How many rows an HNSW scan may visit looking for k readable, matching rows.
         self.max_scan_tuples = max_scan_tuples
         self.ef_search = ef_search
@@ -129,7 +138,7 @@ class PgVectorIndex(ChunkIndex):
     async def open(self) -> None:
         if self._pool is not None:
             return
-        pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
+        pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4, server_settings=self.server_settings)
         try:
             async with pool.acquire() as conn:
                 installed = await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'vector'")

@@ -57,8 +57,11 @@ def _milvus(options: dict[str, Any], data_dir: Path) -> ChunkIndex:
 def _pgvector(options: dict[str, Any], data_dir: Path) -> ChunkIndex:
     from meshgate.knowledge.index.pgvector import PgVectorIndex
 
-    extra = {name: int(options[name]) for name in ("max_scan_tuples", "ef_search") if name in options}
-    return PgVectorIndex(str(options["url"]), **extra)
+    return PgVectorIndex(
+        str(options["url"]),
+        max_scan_tuples=int(options.get("max_scan_tuples", 100_000)),
+        ef_search=int(options.get("ef_search", 100)),
+    )
 
 
 def _pinecone(options: dict[str, Any], data_dir: Path) -> ChunkIndex:
