@@ -31,6 +31,9 @@ measure that does not: py-spy samples the gateway during each run, and the share
 spent in meshgate/cache and meshgate/routing code (not counting the deployment's own call inside
 the route, which a flat model makes too) is what routing and the cache cost, as a fraction of
 the process's work; `share / (1 - share)` is the overhead against the same gateway without them.
+A thread that is runnable but waiting for a core counts as busy to py-spy, so on a crowded
+machine the SQLite writer's share moves a lot; with `--py-spy` the table also has that thread's
+own CPU time per request (from /proc, its id found with `py-spy dump`), which does not.
 """
 
 from __future__ import annotations
@@ -75,6 +78,25 @@ def cpu_seconds(pid: int) -> float:
         except FileNotFoundError:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / CLOCK_TICKS
+
+
+def writer_threads(py_spy: str, pid: int) -> list[int]:
+    """The ids of the gateway's SQLite writer threads, from a py-spy dump (Python 3.11 does not
+    name its threads for the OS, so /proc cannot tell them apart)."""
+    dump = subprocess.run([py_spy, "dump", "-p", str(pid)], capture_output=True, text=True).stdout
+    return [int(tid) for tid in re.findall(r'^Thread (\d+) .*"meshgate-cache-write', dump, re.MULTILINE)]
+
+
+def thread_seconds(pid: int, tids: list[int]) -> float:
+    """utime + stime of some threads of `pid`: their own CPU time, whatever else ran meanwhile."""
+    total = 0
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
     return total / CLOCK_TICKS
 
 
@@ -154,6 +176,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="JSON results file")
     parser.add_argument("--py-spy", default="", help="py-spy's path: also sample where each gateway spends its time")
     parser.add_argument(
+        "--no-sampling",
+        action="store_true",
+        help="with --py-spy, only find the SQLite writer thread (py-spy's sampling costs every thread CPU)",
+    )
+    parser.add_argument("--samples", type=Path, default=None, help="keep py-spy's raw samples in this folder")
+    parser.add_argument(
         "--prefill", type=int, default=0, help="requests (new entries) sent to each gateway before the rounds"
     )
     parser.add_argument("--keep", action="store_true", help="leave the gateways up (print their pids) for a profiler")
@@ -195,15 +223,17 @@ def main() -> None:
                 url = f"http://127.0.0.1:{ports[variant]}/v1/chat/completions"
                 sent += wrk_count(url, script_file(variant, f"p{part}"), args.connections, 3)[0]
             print(f"pre-filled {variant}: {sent} requests", flush=True)
+        writers = {v: writer_threads(args.py_spy, processes[v].pid) if args.py_spy else [] for v in variants}
         if args.keep:
             print(json.dumps({v: processes[v].pid for v in variants}), flush=True)
         for round_index in range(args.rounds):
             for variant in variants:
                 pid = processes[variant].pid
-                before = cpu_seconds(pid)
+                before, writer_before = cpu_seconds(pid), thread_seconds(pid, writers[variant])
                 sampler = None
-                if args.py_spy:
-                    samples = tmp / f"samples-{variant.replace('+', '-')}-{round_index}.txt"
+                if args.py_spy and not args.no_sampling:
+                    samples = (args.samples or tmp) / f"samples-{variant.replace('+', '-')}-{round_index}.txt"
+                    samples.parent.mkdir(parents=True, exist_ok=True)
                     command = [args.py_spy, "record", "-p", str(pid), "-d", str(max(1, args.duration - 2))]
                     command += ["-r", "250", "--format", "raw", "--threads", "-o", str(samples)]
                     sampler = subprocess.Popen(
@@ -219,15 +249,20 @@ def main() -> None:
                 )
                 time.sleep(0.3)  # the last batch of stores is written (50 ms batches) and counted
                 used = cpu_seconds(pid) - before
+                writer_us = (thread_seconds(pid, writers[variant]) - writer_before) / max(done, 1) * 1e6
                 cpu_us = used / max(done, 1) * 1e6
                 run: dict[str, object] = {"variant": variant, "round": round_index + 1, "requests": done, "rps": rps}
                 run |= {"p99_ms": p99, "cpu_us_per_request": round(cpu_us, 1), "errors": errors}
+                if writers[variant]:
+                    run["writer_cpu_us_per_request"] = round(writer_us, 1)
                 sampled = ""
                 if sampler is not None:
                     sampler.wait(30)
                     cache_share, routing_share = sampled_share(samples)
                     run |= {"cache_share": round(cache_share, 4), "routing_share": round(routing_share, 4)}
                     sampled = f"  sampled: cache {cache_share:.1%} routing {routing_share:.1%}"
+                if writers[variant]:
+                    sampled += f"  SQLite writer {writer_us:.1f} CPU-us/req"
                 runs.append(run)
                 print(
                     f"round {round_index + 1} {variant:<13} {done:>7} req  {rps:>7.0f} req/s  p99 {p99:7.2f} ms  "
@@ -260,10 +295,12 @@ def table(runs: list[dict[str, object]], variants: list[str]) -> str:
         )
     plain = medians.get("plain")
     sampled = any("cache_share" in r for r in runs)
+    writer = any("writer_cpu_us_per_request" in r for r in runs)
     lines = [
         "| variant | CPU-us/req | vs plain | req/s | req/s vs plain | p99 ms |"
-        + (" sampled cache + routing |" * sampled),
-        "|---|---|---|---|---|---|" + "---|" * sampled,
+        + (" sampled cache + routing |" * sampled)
+        + (" SQLite writer CPU-us/req |" * writer),
+        "|---|---|---|---|---|---|" + "---|" * sampled + "---|" * writer,
     ]
     for variant, (cpu, rps, p99) in medians.items():
         cpu_ratio = f"{cpu / plain[0]:.2f}" if plain else ""
@@ -273,6 +310,9 @@ def table(runs: list[dict[str, object]], variants: list[str]) -> str:
             mine = [r for r in runs if r["variant"] == variant]
             share = statistics.mean(float(r["cache_share"]) + float(r["routing_share"]) for r in mine)  # type: ignore[arg-type]
             line += f" {share:.1%} |"
+        if writer:
+            mine = [r for r in runs if r["variant"] == variant and "writer_cpu_us_per_request" in r]
+            line += f" {statistics.median(float(r['writer_cpu_us_per_request']) for r in mine):.1f} |" if mine else " |"  # type: ignore[arg-type]
         lines.append(line)
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import struct
@@ -77,6 +78,9 @@ class PurgeFilter:
     #: Seconds: only entries created more than this long ago.
     older_than: float | None = None
     key: str | None = None
+    #: Erasure (`meshgate erase`): only entries whose stored answer holds one of these byte strings
+    #: (a data subject, the id of a knowledge-bank document the answer was built from).
+    containing: tuple[bytes, ...] | None = None
 
     def matches(self, team: str, model: str, created: float, creator: str, now: float) -> bool:
         return (
@@ -85,6 +89,9 @@ class PurgeFilter:
             and (self.older_than is None or created < now - self.older_than)
             and (self.key is None or creator == self.key)
         )
+
+    def holds(self, value: bytes) -> bool:
+        return self.containing is None or any(needle in value for needle in self.containing)
 
 
 class Backend(ABC):
@@ -185,7 +192,11 @@ class MemoryBackend(Backend):
 
     async def purge(self, where: PurgeFilter) -> int:
         now = time.time()
-        doomed = [e.id for e in self.entries.values() if where.matches(e.team, e.model, e.created, e.creator, now)]
+        doomed = [
+            e.id
+            for e in self.entries.values()
+            if where.matches(e.team, e.model, e.created, e.creator, now) and where.holds(e.value)
+        ]
         for entry_id in doomed:
             self._remove(entry_id)
         return len(doomed)
@@ -218,7 +229,16 @@ DROP TABLE cache_entries;
 """
 SCHEMA_VERSION = 2
 _COLUMNS = "rid, id, team, creator, model, created, expires, bucket, guard, vector, value"
-_INSERT = f"INSERT INTO cache_rows ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: Rows per INSERT statement: the largest power of two not over what is left (at most MAX_CHUNK).
+MAX_CHUNK = 128
+_CHUNKS = [0] + [1 << (n.bit_length() - 1) for n in range(1, MAX_CHUNK + 1)]
+
+
+@functools.cache
+def _insert(rows: int) -> str:
+    return f"INSERT INTO cache_rows ({_COLUMNS}) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+
+
 #: Expired rows are deleted (and the oldest past MAX_ENTRIES) every this many writes...
 SWEEP_EVERY = 500
 #: ... at most this many per sweep (their ids come back to the event loop: bounded work there).
@@ -373,19 +393,24 @@ class SQLiteBackend(Backend):
     # -- writes --
 
     def _write(self, batch: list[Entry], replaced: list[tuple[int, str]]) -> _Written:
-        """One transaction (one WAL commit) for the whole batch, on the writer thread."""
+        """One transaction (one WAL commit) for the whole batch, on the writer thread. The rows go
+        in a few multi-row INSERTs (chunks of 128, 64, ... 1 rows: a handful of statement texts,
+        each prepared once): the thread gives up and takes back the GIL once per statement, not
+        once per row as executemany does, and each take-back waits on the busy event loop."""
         conn = self._open_writer()
         removed: list[tuple[int, str]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             if replaced:  # rare: an id stored again (no-cache, or after it expired)
                 conn.executemany("DELETE FROM cache_rows WHERE rid = ? AND id = ?", replaced)
-            first = conn.execute("SELECT coalesce(max(rid), 0) + 1 FROM cache_rows").fetchone()[0]
-            conn.executemany(
-                _INSERT,
-                [
-                    (
-                        first + i,
+            first = (conn.execute("SELECT max(rid) FROM cache_rows").fetchone()[0] or 0) + 1
+            start = 0
+            while start < len(batch):
+                size = _CHUNKS[min(len(batch) - start, MAX_CHUNK)]
+                params: list[object] = []
+                for i, e in enumerate(batch[start : start + size], first + start):
+                    params += (
+                        i,
                         e.id,
                         e.team,
                         e.creator,
@@ -397,9 +422,8 @@ class SQLiteBackend(Backend):
                         e.vector,
                         e.value,
                     )
-                    for i, e in enumerate(batch)
-                ],
-            )
+                conn.execute(_insert(size), params)
+                start += size
             before = self._writes
             self._writes += len(batch)
             if self._writes // SWEEP_EVERY != before // SWEEP_EVERY:
@@ -475,6 +499,9 @@ class SQLiteBackend(Backend):
         if where.older_than is not None:
             clauses.append("created < ?")
             params.append(now - where.older_than)
+        if where.containing is not None:
+            clauses.append("(" + " OR ".join(["instr(value, ?) > 0"] * len(where.containing)) + ")")
+            params.extend(where.containing)  # type: ignore[arg-type]
         sql = "DELETE FROM cache_rows" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         # Erasure: deleted rows are overwritten with zeros in the file, and the WAL (which still
         # holds the pages as they were) is copied back and truncated.
@@ -492,7 +519,11 @@ class SQLiteBackend(Backend):
             await asyncio.shield(self._flushing)
         # What was stored since (still in memory) and matches goes too.
         now = time.time()
-        doomed = {e.id for e in self._pending.values() if where.matches(e.team, e.model, e.created, e.creator, now)}
+        doomed = {
+            e.id
+            for e in self._pending.values()
+            if where.matches(e.team, e.model, e.created, e.creator, now) and where.holds(e.value)
+        }
         if doomed:
             self._queue = [e for e in self._queue if e.id not in doomed]
             for entry_id in doomed:
@@ -595,12 +626,14 @@ class RedisBackend(Backend):
         async def flush() -> int:
             pipe = self._redis.pipeline(transaction=False)
             for key in batch:
-                pipe.hmget(key, "t", "m", "c", "k", "b")
+                pipe.hmget(key, "t", "m", "c", "k", "b", *(("v",) if where.containing is not None else ()))
             metas = await pipe.execute()
             pipe = self._redis.pipeline(transaction=False)
             count = 0
-            for key, (t, m, c, k, b) in zip(batch, metas, strict=True):
+            for key, (t, m, c, k, b, *value) in zip(batch, metas, strict=True):
                 if t is None or not where.matches(t.decode(), m.decode(), float(c), k.decode(), now):
+                    continue
+                if value and (value[0] is None or not where.holds(value[0])):
                     continue
                 pipe.delete(key)
                 if b:

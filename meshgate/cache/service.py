@@ -53,13 +53,14 @@ class ResponseCache:
         model: str | None = None,
         older_than: float | str | None = None,
         key: str | None = None,
+        containing: tuple[bytes, ...] | None = None,
     ) -> int:
         """Remove the entries of a team, a model, a key (the key that stored them, whatever the
         scope) and/or older than a duration ("30d" or seconds); all filters given must match, none
         removes everything. Returns how many entries were removed. Erasure requests call this."""
         await self.flush()
         seconds = None if older_than is None else parse_duration(older_than)
-        return await self.backend.purge(PurgeFilter(team, model, seconds, key))
+        return await self.backend.purge(PurgeFilter(team, model, seconds, key, containing))
 
     async def close(self) -> None:
         await self.flush()

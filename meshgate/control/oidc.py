@@ -123,9 +123,9 @@ class OidcVerifier:
             raise InvalidToken(f"no {self.team_claim!r} claim")
         if role is None:
             raise InvalidToken(f"no meshgate role in {self.roles_claim!r} (one of {', '.join(ROLES)})")
-        groups = claims.get(self.groups_claim)
-        groups = [groups] if isinstance(groups, str) else list(groups or []) if isinstance(groups, list) else []
-        return str(claims["sub"]), team, role, tuple(str(g) for g in groups if isinstance(g, str) and g)
+        raw = claims.get(self.groups_claim)
+        groups = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+        return str(claims["sub"]), team, role, tuple(g for g in groups if isinstance(g, str) and g)
 
 
 def _read_text(path: str) -> str:

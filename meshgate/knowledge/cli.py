@@ -430,7 +430,7 @@ def register_erase(cli: click.Group, load: Load) -> None:
         **cli_values: Any,
     ) -> None:
         """Erase documents or a data subject from every store, and print a receipt."""
-        from meshgate.cache.service import backend_for
+        from meshgate.cache.service import ResponseCache, backend_for
         from meshgate.knowledge.erase import Eraser
 
         try:
@@ -439,7 +439,7 @@ def register_erase(cli: click.Group, load: Load) -> None:
             raise click.ClickException(str(error)) from None
 
         async def work(service: KnowledgeService) -> Any:
-            cache = backend_for(config.cache, settings.data_dir, settings.redis_url)
+            cache = ResponseCache(backend_for(config.cache, settings.data_dir, settings.redis_url))
             try:
                 eraser = Eraser(service, service.records.db, [cache])
                 return await eraser.erase(bank=bank, document=document, source=source, subject=subject)

@@ -58,7 +58,7 @@ class Eraser:
     def __init__(self, service: KnowledgeService, db: Database, caches: Sequence[Any] = ()) -> None:
         self.service = service
         self.db = db
-        #: Response-cache backends to purge (each with `purge_containing(needles) -> int`).
+        #: Response caches (meshgate.cache.service.ResponseCache) to purge.
         self.caches = list(caches)
 
     async def erase(
@@ -105,8 +105,8 @@ class Eraser:
             removed_ids.extend(removed)
             touched.add(index.kind)
         needles = [*removed_ids, *(_needles(subject) if subject else [])]
-        for cache in self.caches:
-            receipt.add("cache_entries", await cache.purge_containing([n.encode() for n in needles]))
+        for cache in self.caches if needles else ():
+            receipt.add("cache_entries", await cache.purge(containing=tuple(n.encode() for n in needles)))
         if subject:
             await self._stored_content(subject, receipt)
         for kind in touched | {record.index_kind for record in banks}:

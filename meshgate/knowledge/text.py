@@ -24,7 +24,7 @@ STOP_WORDS = frozenset(
     should so some such than that the their theirs them themselves then there these they this those
     through to too under until up very was we were what when where which while who whom why will with
     would you your yours yourself yourselves s t d ll m re ve
-    """.split()
+    """.split()  # noqa: SIM905 (a word list reads better as text)
 )
 
 _WORD = re.compile(r"\w+", re.UNICODE)

@@ -136,6 +136,18 @@ async def test_purge_filters(backend: Backend) -> None:
     assert await backend.get(rid("a:1")) is None
 
 
+async def test_purge_by_what_the_answer_holds(backend: Backend) -> None:
+    """Erasure (`meshgate erase`): entries whose stored answer holds a subject or a document id go,
+    with the other filters still applied; the rest stay."""
+    await backend.put(entry("a:1", team="a"))
+    await backend.put(entry("a:2", team="a"))
+    await backend.put(entry("b:2", team="b"))
+    assert await backend.purge(PurgeFilter(containing=(b"of a:2", b"nowhere"))) == 1
+    assert await backend.get(rid("a:2")) is None and await backend.get(rid("a:1")) is not None
+    assert await backend.purge(PurgeFilter(team="a", containing=(b"value of",))) == 1
+    assert await backend.get(rid("b:2")) == b"value of b:2"
+
+
 async def test_memory_backend_is_bounded_by_entries_and_bytes() -> None:
     backend = MemoryBackend(max_entries=3, max_bytes=10_000)
     for i in range(5):

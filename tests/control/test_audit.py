@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from meshgate.cli import cli
-from meshgate.observe.audit import AuditEvent, AuditLog, Signer, link, verify
+from meshgate.observe.audit import AuditEvent, AuditLog, Signer, _row_canonical, link, verify
 from meshgate.observe.redact import redact_text
 from meshgate.store import Database, migrate
 from tests.conftest import AppClient, make_runtime, upstream_models_yaml
@@ -75,8 +75,7 @@ async def test_rewritten_chain_is_caught_without_the_secret(db: Database) -> Non
     for row in rows[2:]:
         if row["seq"] == 3:
             row["detail"] = '{"n":1000}'
-        body = {k: row[k] for k in ("seq", "ts", "event", "actor", "subject", "detail", "content")}
-        new_hash = link(prev, json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+        new_hash = link(prev, _row_canonical(row))
         await db.execute(
             "UPDATE audit_log SET detail = ?, prev_hash = ?, hash = ? WHERE seq = ?",
             (row["detail"], prev, new_hash, row["seq"]),
@@ -126,6 +125,7 @@ async def test_model_calls_and_key_changes_are_audited(mesh: AppClient) -> None:
         "check-capabilities",
         "rate-limit",
         "budget",
+        "knowledge",
         "guards",
     ]
     assert calls[refused.headers["x-request-id"]][1]["error"] == "invalid_request"

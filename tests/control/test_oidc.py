@@ -144,3 +144,23 @@ async def test_jwks_from_a_url(tmp_path: Path, fake_upstream: FakeOpenAI) -> Non
         await client.http.aclose()
         await runtime.stop()
         await runner.cleanup()
+
+
+async def test_groups_claim_grants_knowledge_bank_documents(oidc_mesh: AppClient) -> None:
+    """A document shared with `group:managers` is read by a token whose groups claim holds
+    `managers`, and not by one without it (docs/knowledge.md, "Who reads what")."""
+    created = await oidc_mesh.http.post("/v1/banks", json={"name": "oidc-docs", "embedder": "remote-embed"})
+    assert created.status_code == 201, created.text
+    ingested = await oidc_mesh.http.post(
+        "/v1/banks/oidc-docs/documents",
+        json={"text": "The quarterly reorganisation plan moves two teams.", "acl": "group:managers"},
+    )
+    assert ingested.status_code == 201, ingested.text
+    query = {"query": "quarterly reorganisation plan"}
+    manager = await oidc_mesh.http.post(
+        "/v1/banks/oidc-docs/search", json=query, headers=bearer(token(groups=["managers", "staff"]))
+    )
+    other = await oidc_mesh.http.post("/v1/banks/oidc-docs/search", json=query, headers=bearer(token(groups="staff")))
+    assert manager.status_code == other.status_code == 200
+    assert [hit["text"] for hit in manager.json()["data"]] == ["The quarterly reorganisation plan moves two teams."]
+    assert other.json()["data"] == []

@@ -7,7 +7,6 @@ import asyncio
 import os
 import random
 import stat
-import subprocess
 import sys
 import textwrap
 import time
@@ -307,7 +306,8 @@ async def test_another_process_writes_are_seen_within_a_second(index: EmbeddedIn
             index = EmbeddedIndex(Path({str(index.path)!r}))
             await index.open()
             vector = np.zeros({DIMS}, dtype=np.float32); vector[0] = 1.0
-            await index.upsert("docs", [IndexedChunk(ChunkRef("remote", "dr", "written by the cli process", "cli", "t"), vector)])
+            ref = ChunkRef("remote", "dr", "written by the cli process", "cli", "t")
+            await index.upsert("docs", [IndexedChunk(ref, vector)])
             await index.delete_documents("docs", ["d0"])
             await index.close()
 

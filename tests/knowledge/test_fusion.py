@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from meshgate.knowledge.index import fusion
-from meshgate.knowledge.index.base import ChunkRef, Hit
+from meshgate.knowledge.index.base import ChunkRef, Hit, IndexedChunk, Readers
+from meshgate.knowledge.index.embedded import EmbeddedIndex
+from meshgate.providers.base import CallContext
+from meshgate.providers.local.embedding import LocalEmbeddingConfig, LocalEmbeddingModel
 
 
 def hits(*pairs: tuple[str, float]) -> list[Hit]:
@@ -60,7 +66,9 @@ def test_anchored_score_stays_on_the_cosine_scale() -> None:
     top_cosine = 0.71
     assert scores["b"] == pytest.approx(0.5 * 0.71 + 0.5 * 9 / 12 * top_cosine)
     assert scores["a"] == pytest.approx(0.5 * 0.40 + 0.5 * top_cosine)
-    assert scores["c"] == pytest.approx(0.5 * 0.40 + 0.5 * 3 / 12 * top_cosine)  # floor cosine for a missing chunk
+    assert scores["c"] == pytest.approx(0.5 * 3 / 12 * top_cosine)  # not in the vector list: cosine 0
+    floored = fusion.fuse(KEYWORD, VECTOR, 10, "anchored", missing_cosine=1.0)
+    assert {h.chunk.chunk_id: h.score for h in floored}["c"] == pytest.approx(0.5 * 0.40 + 0.5 * 3 / 12 * top_cosine)
     assert scores["d"] == pytest.approx(0.5 * 0.64)
     assert max(scores.values()) <= top_cosine
     # A strong keyword match cannot lift a query whose vectors are all weak: the score stays low.
@@ -78,3 +86,44 @@ def test_unknown_method_or_parameter_is_refused() -> None:
         fusion.fuse(KEYWORD, VECTOR, 3, "rrf", alpha=0.3)
     assert fusion.DEFAULT_METHOD in fusion.METHODS
     assert fusion.KEYWORD_CANDIDATES >= 10 and fusion.VECTOR_CANDIDATES >= 10
+
+
+@pytest.mark.slow
+async def test_hybrid_with_real_embeddings_finds_a_paraphrase(tmp_path: Path) -> None:
+    """The local embedder, the embedded index and fusion together: a paraphrased question finds its
+    chunk, and the fused top score of an unrelated question is lower."""
+    model = LocalEmbeddingModel(LocalEmbeddingConfig(name="local-embed", provider="local-embedding"))
+    await model.start()
+    index = EmbeddedIndex(tmp_path / "index.sqlite")
+    await index.open()
+    try:
+        texts = [
+            "The cafeteria opens at eight and serves breakfast until ten.",
+            "Employees may work from home up to three days a week with their manager's approval.",
+            "The VPN must be used on public wireless networks.",
+            "Expense reports are due by the fifth day of the following month.",
+        ]
+        vectors = (await model.embed(texts, CallContext(request_id="t"))).vectors
+        await index.create_bank("hr", len(vectors[0]))
+        await index.upsert(
+            "hr",
+            [
+                IndexedChunk(ChunkRef(f"c{i}", f"d{i}", text, "handbook.md", "Handbook"), np.array(vector))
+                for i, (text, vector) in enumerate(zip(texts, vectors, strict=True))
+            ],
+        )
+        readers = Readers.of("public")
+
+        async def search(question: str) -> list[Hit]:
+            (vector,) = (await model.embed([question], CallContext(request_id="t"))).vectors
+            keyword = await index.keyword_search("hr", question, readers, fusion.KEYWORD_CANDIDATES)
+            nearest = await index.vector_search("hr", np.array(vector), readers, fusion.VECTOR_CANDIDATES)
+            return fusion.fuse(keyword, nearest, 3)
+
+        remote = await search("Am I allowed to do my job remotely from my house?")
+        assert remote[0].chunk.chunk_id == "c1"
+        unrelated = await search("Who won the football world cup in 1998?")
+        assert unrelated[0].score < remote[0].score
+    finally:
+        await index.close()
+        await model.close()

@@ -12,6 +12,10 @@ Layout (one file, WAL mode, `secure_delete` on every connection):
   so a process holding a bank's vectors in memory can catch up with another process's writes by
   reading what changed since its generation instead of reloading the whole bank.
 
+Keyword search ranks with FTS5's bm25() inside one SQL statement joined on the ACL (and filters);
+FTS5 scores every chunk an OR query matches, so at large banks the most common query words are
+left out past a budget of matches (see `_within_budget`; exact up to about 10k chunks).
+
 Vector search is a brute-force dot product over the bank's matrix (float32, rows swapped out on
 delete so no copy of the matrix is made per write); unreadable and filtered-out rows are masked to
 -inf *before* the top-k is taken. Each search first reads the bank's generation (one indexed row) and
@@ -241,6 +245,7 @@ class EmbeddedIndex(ChunkIndex):
             self._writer.close()
             self._writer = None
         self._vectors.clear()
+        self._frequencies.clear()
 
     async def _write(self, work: Callable[[], T]) -> T:
         if self._write_pool is None:
@@ -450,9 +455,7 @@ class EmbeddedIndex(ChunkIndex):
                     # Merging every segment into one drops the entries of deleted rows for good.
                     conn.execute(f"INSERT INTO {table} ({table}) VALUES ('optimize')")
                     conn.execute("DELETE FROM tombstones WHERE bank_id = ?", (bank_id,))
-                    conn.execute(
-                        "UPDATE banks SET dirty = 0, tombstone_floor = ? WHERE id = ?", (generation, bank_id)
-                    )
+                    conn.execute("UPDATE banks SET dirty = 0, tombstone_floor = ? WHERE id = ?", (generation, bank_id))
 
             self._transaction(merge)
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -509,6 +512,7 @@ class EmbeddedIndex(ChunkIndex):
         clauses: list[str] = []
         params: list[Any] = []
         for name, wanted in filters.items():
+            values: list[Any]
             options = list(wanted) if isinstance(wanted, list | tuple) else [wanted]
             allow_none = any(option is None for option in options)
             if name.startswith("metadata."):
@@ -589,7 +593,11 @@ class EmbeddedIndex(ChunkIndex):
         now = time.monotonic()
         with self._vectors_lock:
             cached = self._frequencies.get(bank)
-            if cached is None or cached[0] != bank_id or (cached[1] != generation and now - cached[2] > FREQUENCIES_TTL_S):
+            if (
+                cached is None
+                or cached[0] != bank_id
+                or (cached[1] != generation and now - cached[2] > FREQUENCIES_TTL_S)
+            ):
                 cached = (bank_id, generation, now, {})
                 self._frequencies[bank] = cached
             return cached[3]
@@ -698,14 +706,17 @@ class EmbeddedIndex(ChunkIndex):
                     [
                         row[0]
                         for row in conn.execute(
-                            f"SELECT c.id FROM chunks c WHERE c.bank_id = ?{filter_sql}", [state.bank_id, *filter_params]
+                            f"SELECT c.id FROM chunks c WHERE c.bank_id = ?{filter_sql}",
+                            [state.bank_id, *filter_params],
                         )
                     ],
                     dtype=np.int64,
                 )
             with state.lock:
                 if query.shape[0] != state.dimensions:
-                    raise ValueError(f"bank {bank!r} holds {state.dimensions}-dimensional vectors, not {query.shape[0]}")
+                    raise ValueError(
+                        f"bank {bank!r} holds {state.dimensions}-dimensional vectors, not {query.shape[0]}"
+                    )
                 size = state.size
                 scores = state.matrix[:size] @ query
                 if readable is not None:
@@ -748,9 +759,7 @@ def _top(scores: np.ndarray[Any, Any], k: int) -> list[int]:
     """Indices of the k best finite scores, best first."""
     if scores.shape[0] == 0:
         return []
-    if k < scores.shape[0]:
-        candidates = np.argpartition(-scores, k - 1)[:k]
-    else:
-        candidates = np.arange(scores.shape[0])
+    size = scores.shape[0]
+    candidates = np.argpartition(-scores, k - 1)[:k] if k < size else np.arange(size)
     ordered = candidates[np.argsort(-scores[candidates], kind="stable")]
     return [int(row) for row in ordered if np.isfinite(scores[row])]
