@@ -79,6 +79,38 @@ class Readers:
 Filters = Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class FilterTerm:
+    """One search filter, normalised for a backend to translate: the values any of which the field
+    must equal (ints for `page`, strings otherwise; other types never match), and whether a missing
+    value (`None` among the options) matches too."""
+
+    field: str  # a FILTER_FIELDS name, or "metadata"
+    key: str | None  # the metadata key (field "metadata")
+    values: tuple[Any, ...]
+    allow_none: bool
+
+
+def filter_terms(filters: Filters | None) -> list[FilterTerm]:
+    """The filters as terms (base.matches' semantics); ValueError names an unknown field."""
+    terms: list[FilterTerm] = []
+    for name, wanted in (filters or {}).items():
+        options = list(wanted) if isinstance(wanted, list | tuple) else [wanted]
+        if name.startswith("metadata."):
+            field_name, key = "metadata", name[len("metadata.") :]
+        elif name in FILTER_FIELDS:
+            field_name, key = name, None
+        else:
+            raise ValueError(f"unknown filter field {name!r}; use one of {', '.join(FILTER_FIELDS)} or metadata.<key>")
+        values: tuple[Any, ...]
+        if field_name == "page":
+            values = tuple(o for o in options if isinstance(o, int) and not isinstance(o, bool))
+        else:
+            values = tuple(o for o in options if isinstance(o, str))
+        terms.append(FilterTerm(field_name, key, values, None in options))
+    return terms
+
+
 def matches(chunk: ChunkRef, filters: Filters | None) -> bool:
     """The reference semantics of filters (backends translate them into their own query language)."""
     if not filters:

@@ -42,13 +42,13 @@ import numpy as np
 
 from meshgate.knowledge import text as textnorm
 from meshgate.knowledge.index.base import (
-    FILTER_FIELDS,
     ChunkIndex,
     ChunkRef,
     Filters,
     Hit,
     IndexedChunk,
     Readers,
+    filter_terms,
 )
 
 T = TypeVar("T")
@@ -511,39 +511,25 @@ class EmbeddedIndex(ChunkIndex):
             return "", []
         clauses: list[str] = []
         params: list[Any] = []
-        for name, wanted in filters.items():
-            values: list[Any]
-            options = list(wanted) if isinstance(wanted, list | tuple) else [wanted]
-            allow_none = any(option is None for option in options)
-            if name.startswith("metadata."):
-                values = [option for option in options if isinstance(option, str)]
-                key = name[len("metadata.") :]
-                parts = []
-                if values:
+        for term in filter_terms(filters):
+            parts = []
+            if term.field == "metadata":
+                if term.values:
                     parts.append(
                         "EXISTS (SELECT 1 FROM chunk_metadata m WHERE m.chunk = c.id AND m.key = ? "
-                        f"AND m.value IN ({','.join('?' * len(values))}))"
+                        f"AND m.value IN ({','.join('?' * len(term.values))}))"
                     )
-                    params.extend([key, *values])
-                if allow_none:
+                    params.extend([term.key, *term.values])
+                if term.allow_none:
                     parts.append("NOT EXISTS (SELECT 1 FROM chunk_metadata m WHERE m.chunk = c.id AND m.key = ?)")
-                    params.append(key)
-            elif name in FILTER_FIELDS:
-                if name == "page":  # an int column; "3" is not 3 (as in matches)
-                    values = [int(option) for option in options if isinstance(option, int)]
-                else:
-                    values = [option for option in options if isinstance(option, str)]
-                column = f'c."{name}"'
-                parts = []
-                if values:
-                    parts.append(f"{column} IN ({','.join('?' * len(values))})")
-                    params.extend(values)
-                if allow_none:
-                    parts.append(f"{column} IS NULL")
+                    params.append(term.key)
             else:
-                raise ValueError(
-                    f"unknown filter field {name!r}; use one of {', '.join(FILTER_FIELDS)} or metadata.<key>"
-                )
+                column = f'c."{term.field}"'
+                if term.values:
+                    parts.append(f"{column} IN ({','.join('?' * len(term.values))})")
+                    params.extend(term.values)
+                if term.allow_none:
+                    parts.append(f"{column} IS NULL")
             clauses.append("(" + " OR ".join(parts) + ")" if parts else "0")
         return " AND " + " AND ".join(clauses), params
 

@@ -35,13 +35,13 @@ import numpy as np
 
 from meshgate.knowledge import text as textnorm
 from meshgate.knowledge.index.base import (
-    FILTER_FIELDS,
     ChunkIndex,
     ChunkRef,
     Filters,
     Hit,
     IndexedChunk,
     Readers,
+    filter_terms,
 )
 
 T = TypeVar("T")
@@ -98,31 +98,22 @@ def filter_expression(filters: Filters | None) -> str | None:
     if not filters:
         return None
     clauses = []
-    for name, wanted in filters.items():
-        options = list(wanted) if isinstance(wanted, list | tuple) else [wanted]
-        allow_none = None in options
+    for term in filter_terms(filters):
         parts: list[str] = []
-        if name.startswith("metadata."):
-            key = name[len("metadata.") :]
-            path = f"metadata[{literal(key)}]"
+        if term.field == "metadata":
+            path = f"metadata[{literal(term.key or '')}]"
             # JSON paths take `==` only (milvus-lite rejects `in` on them): one equality per value.
-            parts += [f"{path} == {literal(option)}" for option in options if isinstance(option, str)]
-            if allow_none:
+            parts += [f"{path} == {literal(option)}" for option in term.values]
+            if term.allow_none:
                 parts.append(f"not exists {path}")
-        elif name == "page":
-            pages = [option for option in options if isinstance(option, int) and not isinstance(option, bool)]
-            if pages:
-                parts.append(f"page in [{', '.join(str(page) for page in pages)}]")
-            if allow_none:
-                parts.append("page is null")
-        elif name in FILTER_FIELDS:
-            values = [option for option in options if isinstance(option, str)]
-            if values:
-                parts.append(f"{name} in {_list(values)}")
-            if allow_none:
-                parts.append(f"{name} is null")
         else:
-            raise ValueError(f"unknown filter field {name!r}; use one of {', '.join(FILTER_FIELDS)} or metadata.<key>")
+            if term.values:
+                listed = (
+                    f"[{', '.join(str(page) for page in term.values)}]" if term.field == "page" else _list(term.values)
+                )
+                parts.append(f"{term.field} in {listed}")
+            if term.allow_none:
+                parts.append(f"{term.field} is null")
         # A filter no value can satisfy matches nothing (as in base.matches).
         clauses.append("(" + " or ".join(parts) + ")" if parts else _NOTHING)
     return " and ".join(clauses)

@@ -29,13 +29,13 @@ import asyncpg
 import numpy as np
 
 from meshgate.knowledge.index.base import (
-    FILTER_FIELDS,
     ChunkIndex,
     ChunkRef,
     Filters,
     Hit,
     IndexedChunk,
     Readers,
+    filter_terms,
 )
 
 BANKS_TABLE = "meshgate_index_banks"
@@ -79,32 +79,20 @@ def filter_sql(filters: Filters | None, params: _Params) -> str:
     if not filters:
         return ""
     clauses = []
-    for name, wanted in filters.items():
-        options = list(wanted) if isinstance(wanted, list | tuple) else [wanted]
-        allow_none = None in options
+    for term in filter_terms(filters):
         parts: list[str] = []
-        if name.startswith("metadata."):
-            key = name[len("metadata.") :]
-            values = [option for option in options if isinstance(option, str)]
-            if values:
-                parts.append(f"metadata ->> {params.add(key)} = ANY({params.add(values)}::text[])")
-            if allow_none:
-                parts.append(f"NOT (metadata ? {params.add(key)})")
-        elif name == "page":
-            pages = [option for option in options if isinstance(option, int) and not isinstance(option, bool)]
-            if pages:
-                parts.append(f"page = ANY({params.add(pages)}::bigint[])")
-            if allow_none:
-                parts.append("page IS NULL")
-        elif name in FILTER_FIELDS:
-            assert name in _FIELD_COLUMNS
-            values = [option for option in options if isinstance(option, str)]
-            if values:
-                parts.append(f"{name} = ANY({params.add(values)}::text[])")
-            if allow_none:
-                parts.append(f"{name} IS NULL")
+        if term.field == "metadata":
+            if term.values:
+                parts.append(f"metadata ->> {params.add(term.key)} = ANY({params.add(list(term.values))}::text[])")
+            if term.allow_none:
+                parts.append(f"NOT (metadata ? {params.add(term.key)})")
         else:
-            raise ValueError(f"unknown filter field {name!r}; use one of {', '.join(FILTER_FIELDS)} or metadata.<key>")
+            assert term.field == "page" or term.field in _FIELD_COLUMNS
+            if term.values:
+                kind = "bigint" if term.field == "page" else "text"
+                parts.append(f"{term.field} = ANY({params.add(list(term.values))}::{kind}[])")
+            if term.allow_none:
+                parts.append(f"{term.field} IS NULL")
         clauses.append("(" + " OR ".join(parts) + ")" if parts else "FALSE")
     return " AND " + " AND ".join(clauses)
 

@@ -41,13 +41,13 @@ import numpy as np
 
 from meshgate.knowledge.index import sparse
 from meshgate.knowledge.index.base import (
-    FILTER_FIELDS,
     ChunkIndex,
     ChunkRef,
     Filters,
     Hit,
     IndexedChunk,
     Readers,
+    filter_terms,
 )
 
 API_VERSION = "2025-10"
@@ -90,21 +90,12 @@ def pinecone_filter(readers: Readers, filters: Filters | None) -> dict[str, Any]
         if not readers.tokens:
             raise _Nothing
         clauses.append({"acl": {"$in": sorted(readers.tokens)}})
-    for name, wanted in (filters or {}).items():
-        options = list(wanted) if isinstance(wanted, list | tuple) else [wanted]
-        if name == "page":
-            values: list[Any] = [
-                option for option in options if isinstance(option, int) and not isinstance(option, bool)
-            ]
-        elif name in FILTER_FIELDS or name.startswith("metadata."):
-            values = [option for option in options if isinstance(option, str)]
-        else:
-            raise ValueError(f"unknown filter field {name!r}; use one of {', '.join(FILTER_FIELDS)} or metadata.<key>")
-        key = _field_key(name)
+    for term in filter_terms(filters):
+        key = _field_key(term.field if term.key is None else f"metadata.{term.key}")
         parts: list[dict[str, Any]] = []
-        if values:
-            parts.append({key: {"$in": values}})
-        if None in options:
+        if term.values:
+            parts.append({key: {"$in": list(term.values)}})
+        if term.allow_none:
             parts.append({key: {"$exists": False}})
         if not parts:
             raise _Nothing
