@@ -39,7 +39,7 @@ from meshgate.knowledge import access
 from meshgate.knowledge.acl import AclError, parse_acl, readers_of
 from meshgate.knowledge.cli import hit_json
 from meshgate.knowledge.index.base import Readers
-from meshgate.knowledge.ingest import IngestItem, IngestReport
+from meshgate.knowledge.ingest import IngestItem
 from meshgate.knowledge.records import DEFAULT_EMBEDDER, DEFAULT_INDEX, BankRecord
 from meshgate.knowledge.service import MAX_TOP_K, KnowledgeService
 
@@ -71,9 +71,29 @@ class TextDocument(Struct, forbid_unknown_fields=True):
     acl: AclInput | None = None
 
 
-class TextDocuments(Struct, forbid_unknown_fields=True):
-    documents: Annotated[list[TextDocument], Meta(min_length=1, max_length=1000)]
+class AddDocuments(Struct, forbid_unknown_fields=True):
+    """One document (`text`, ...) or many (`documents`, with a default `acl`)."""
+
+    documents: Annotated[list[TextDocument], Meta(min_length=1, max_length=1000)] | None = None
+    text: Annotated[str, Meta(min_length=1, max_length=MAX_UPLOAD_BYTES)] | None = None
+    title: Annotated[str, Meta(max_length=500)] | None = None
+    source: Annotated[str, Meta(min_length=1, max_length=1000)] | None = None
+    format: Annotated[str, Meta(max_length=16)] = "text"
     acl: AclInput | None = None
+
+    def items(self) -> tuple[list[TextDocument], Any]:
+        """The documents and the ACL of those that name none."""
+        if self.documents is not None:
+            if self.text is not None or self.title is not None or self.source is not None or self.format != "text":
+                raise InvalidRequest(
+                    "Send either `documents` or one document's `text`, not both.",
+                    param="documents",
+                    code="invalid_body",
+                )
+            return self.documents, self.acl
+        if self.text is None:
+            raise InvalidRequest("Missing required parameter: 'text'.", param="text", code="missing_required_parameter")
+        return [TextDocument(self.text, self.title, self.source, self.format, self.acl)], None
 
 
 class SearchRequest(Struct, forbid_unknown_fields=True):
@@ -177,7 +197,7 @@ def _constant(data: bytes) -> Callable[[], bytes]:
     return lambda: data
 
 
-def _text_items(docs: list[TextDocument]) -> list[tuple[IngestItem, Any]]:
+def _text_items(docs: list[TextDocument], default_acl: tuple[str, ...] | None) -> list[IngestItem]:
     items = []
     for doc in docs:
         data = doc.text.encode()
@@ -187,7 +207,8 @@ def _text_items(docs: list[TextDocument]) -> list[tuple[IngestItem, Any]]:
             )
         source = doc.source or f"text:{hashlib.sha256(data).hexdigest()[:16]}"
         filename = (doc.title or "text") + _SUFFIX[doc.format]
-        items.append((IngestItem(source, filename, _constant(data), title=doc.title), doc.acl))
+        acl = _acl(doc.acl, "acl") or default_acl
+        items.append(IngestItem(source, filename, _constant(data), title=doc.title, acl=acl))
     return items
 
 
@@ -195,8 +216,6 @@ async def add_documents(request: Request) -> Response:
     service, bank, principal = await _bank(request)
     access.require_manage(principal, bank)
     content_type = request.headers.get("content-type", "")
-    acl: tuple[str, ...] | None
-    report: IngestReport | None
     if content_type.lower().startswith("multipart/form-data"):
         form = await read_form(await read_body(request, MAX_UPLOAD_BYTES), content_type)
         if not form.files:
@@ -217,34 +236,10 @@ async def add_documents(request: Request) -> Response:
         ]
         report = await service.ingest(bank.name, items, acl, actor=principal.key_id)
     else:
-        raw = await read_body(request, MAX_UPLOAD_BYTES)
-        import msgspec
-
-        from meshgate.api.bodies import validation_error
-
-        try:
-            decoded: TextDocument | TextDocuments = (
-                msgspec.json.decode(raw, type=TextDocuments)
-                if b'"documents"' in raw[:4096] or raw.lstrip().startswith(b'{"documents"')
-                else msgspec.json.decode(raw, type=TextDocument)
-            )
-        except msgspec.ValidationError as exc:
-            raise validation_error(str(exc)) from None
-        except msgspec.DecodeError as exc:
-            raise InvalidRequest(
-                f"We could not parse the JSON body of your request ({exc}).", code="invalid_json"
-            ) from None
-        docs = decoded.documents if isinstance(decoded, TextDocuments) else [decoded]
-        default_acl = _acl(decoded.acl, "acl") if isinstance(decoded, TextDocuments) else None
-        report = None
-        for item, item_acl in _text_items(docs):
-            part = await service.ingest(bank.name, [item], _acl(item_acl, "acl") or default_acl, actor=principal.key_id)
-            if report is None:
-                report = part
-            else:
-                report.outcomes.extend(part.outcomes)
-                report.elapsed += part.elapsed
-    assert report is not None
+        body = await decode_request(request, AddDocuments, MAX_UPLOAD_BYTES)
+        docs, default_acl = body.items()
+        items = _text_items(docs, _acl(default_acl, "acl"))
+        report = await service.ingest(bank.name, items, None, actor=principal.key_id)
     summary = report.summary()
     status = 201 if summary["added"] or summary["updated"] else 200
     if summary["failed"] and not (

@@ -74,6 +74,11 @@ async def decode_request(request: Request, schema: type[T], limit: int) -> T:
             "(HINT: send a JSON object with the request's parameters.)",
             code="invalid_json",
         )
+    return decode_json(body, schema)
+
+
+def decode_json(body: bytes, schema: type[T]) -> T:
+    """`body` decoded and validated as `schema`; 400s that name the field or the JSON error."""
     try:
         return msgspec.json.decode(body, type=schema)
     except msgspec.ValidationError as exc:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-import msgspec
 from msgspec import Meta, Struct
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from meshgate.api.bodies import read_body, validation_error
+from meshgate.api.bodies import decode_json, read_body
 from meshgate.api.calls import runtime_of
 from meshgate.api.responses import JSONBytesResponse
 from meshgate.control.grants import allowed
@@ -168,14 +167,7 @@ async def _body(request: Request, schema: type[T]) -> T | None:
     raw = await read_body(request, runtime_of(request).settings.max_body_bytes)
     if not raw.strip():
         return None
-    try:
-        return msgspec.json.decode(raw, type=schema)
-    except msgspec.ValidationError as exc:
-        raise validation_error(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(
-            f"We could not parse the JSON body of your request ({exc}).", code="invalid_json"
-        ) from None
+    return decode_json(raw, schema)
 
 
 def _int_param(request: Request, name: str, default: int) -> int:

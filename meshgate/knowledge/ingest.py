@@ -47,6 +47,8 @@ class IngestItem:
     read: Callable[[], bytes]
     content_type: str | None = None
     title: str | None = None
+    #: Who may read it; None: the run's ACL.
+    acl: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ class Ingestor:
             report.outcomes.extend(await self._remove_missing(sync_sources))
         for item in items:
             progress.current = item.source
-            outcome = await self._one(item, acl)
+            outcome = await self._one(item, item.acl or acl)
             report.outcomes.append(outcome)
             progress.files_done += 1
             if outcome.status in ("added", "updated"):

@@ -210,6 +210,27 @@ async def test_restricted_chunks_keep_the_answer_on_local_models(admin: AppClien
     assert local.status_code == 200, local.text
 
 
+async def test_json_bodies_take_one_document_or_a_list(admin: AppClient, bank: str) -> None:
+    # A single document whose fields hold the word "documents" is still a single document.
+    one = await admin.http.post(
+        f"/v1/banks/{bank}/documents", json={"text": "Archive rules for old documents.", "title": "documents"}
+    )
+    assert one.status_code == 201, one.text
+    many = await admin.http.post(
+        f"/v1/banks/{bank}/documents",
+        json={
+            "documents": [{"text": "Visitors sign in at reception."}, {"text": "Parking is free.", "acl": "team:ops"}]
+        },
+    )
+    assert many.status_code == 201 and many.json()["added"] == 2, many.text
+    listed = {d["source"]: d["acl"] for d in (await admin.http.get(f"/v1/banks/{bank}/documents")).json()["data"]}
+    assert ["team:ops"] in listed.values() and ["public"] in listed.values()
+    both = await admin.http.post(
+        f"/v1/banks/{bank}/documents", json={"documents": [{"text": "x y z"}], "text": "and this too"}
+    )
+    assert both.status_code == 400 and both.json()["error"]["param"] == "documents"
+
+
 async def test_errors_in_the_api_schema(admin: AppClient, bank: str) -> None:
     missing = await admin.http.post("/v1/banks/nope/search", json={"query": "x"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "bank_not_found"
