@@ -173,7 +173,6 @@ def _register_knowledge() -> None:
     from meshgate.knowledge import cli as knowledge_cli
 
     knowledge_cli.register(cli, _load, lambda: provider_types(_plugins))
-    knowledge_cli.register_erase(cli, _load)
 
 
 _register_control()

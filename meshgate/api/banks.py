@@ -37,7 +37,7 @@ from meshgate.data_classes import DEFAULT_DATA_CLASS
 from meshgate.errors import InvalidRequest, ServiceUnavailable
 from meshgate.knowledge import access
 from meshgate.knowledge.acl import AclError, parse_acl, readers_of
-from meshgate.knowledge.cli import hit_json
+from meshgate.knowledge.errors import BankNotFound, DocumentNotFound
 from meshgate.knowledge.index.base import Readers
 from meshgate.knowledge.ingest import IngestItem
 from meshgate.knowledge.records import DEFAULT_EMBEDDER, DEFAULT_INDEX, BankRecord
@@ -136,18 +136,8 @@ async def _bank(request: Request) -> tuple[KnowledgeService, BankRecord, Princip
         access.require_read(principal, bank)
     except PermissionDenied:
         # Whether a bank exists is not told to a key that may not use it.
-        from meshgate.knowledge.errors import BankNotFound
-
         raise BankNotFound(bank.name) from None
     return service, bank, principal
-
-
-def _may_manage(principal: Principal, bank: BankRecord) -> bool:
-    try:
-        access.require_manage(principal, bank)
-    except PermissionDenied:
-        return False
-    return True
 
 
 async def list_banks(request: Request) -> Response:
@@ -263,7 +253,7 @@ async def list_documents(request: Request) -> Response:
     except ValueError:
         raise InvalidRequest("limit: must be an integer", param="limit") from None
     after = request.query_params.get("after", "")
-    manager = _may_manage(principal, bank)
+    manager = access.may_manage(principal, bank)
     docs = await service.documents(bank.name, limit=limit, after=after)
     data = [doc.public() for doc in docs if manager or _readable(principal, doc.acl)]
     return JSONBytesResponse(
@@ -274,9 +264,7 @@ async def list_documents(request: Request) -> Response:
 async def get_document(request: Request) -> Response:
     service, bank, principal = await _bank(request)
     doc = await service.document(bank.name, request.path_params["document_id"])
-    if not (_may_manage(principal, bank) or _readable(principal, doc.acl)):
-        from meshgate.knowledge.errors import DocumentNotFound
-
+    if not (access.may_manage(principal, bank) or _readable(principal, doc.acl)):
         raise DocumentNotFound(bank.name, doc.id)
     return JSONBytesResponse(doc.public())
 
@@ -300,7 +288,7 @@ async def search(request: Request) -> Response:
     hits = await service.search(
         bank.name, body.query, readers, body.top_k, body.filters, request_id=request.state.request_id
     )
-    return JSONBytesResponse({"object": "list", "data": [hit_json(hit) for hit in hits]})
+    return JSONBytesResponse({"object": "list", "data": [hit.public() for hit in hits]})
 
 
 ROUTES = [

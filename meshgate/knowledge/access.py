@@ -20,10 +20,14 @@ def require_read(principal: Principal, bank: BankRecord) -> None:
     Policy.authorize(principal, "knowledge", bank.name, "use")
 
 
-def require_manage(principal: Principal, bank: BankRecord) -> None:
+def may_manage(principal: Principal, bank: BankRecord) -> bool:
     if allowed(principal.grants, "knowledge", bank.name, "write"):
-        return
-    if principal.role == "developer" and bank.team is not None and principal.team == bank.team:
+        return True
+    return principal.role == "developer" and bank.team is not None and principal.team == bank.team
+
+
+def require_manage(principal: Principal, bank: BankRecord) -> None:
+    if may_manage(principal, bank):
         return
     raise PermissionDenied(
         f"The {principal.role} key `{principal.key_name}` may not manage the bank `{bank.name}`: "

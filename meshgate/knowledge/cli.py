@@ -28,14 +28,12 @@ from meshgate.settings import ServerSettings
 T = TypeVar("T")
 Load = Callable[[str | None, dict[str, Any]], tuple[Any, ServerSettings]]
 
-#: The provider types by name (the top-level CLI hands its plugin manager's in `register`).
-_provider_types: Callable[[], dict[str, Any]] = dict
-
 store_options = settings_options("data_dir", "database_url")
 
 
 def run_with_knowledge(
     load: Load,
+    provider_types: Callable[[], dict[str, Any]],
     config_path: str | None,
     cli_values: dict[str, Any],
     work: Callable[[KnowledgeService], Awaitable[T]],
@@ -54,7 +52,7 @@ def run_with_knowledge(
         config, settings = load(config_path, cli_values)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    types = _provider_types()
+    types = provider_types()
     context = ProviderContext(data_dir=settings.data_dir, model_cache=settings.resolved_model_cache)
     started: dict[str, Model] = {}
 
@@ -191,8 +189,15 @@ def print_report(report: IngestReport, as_json: bool) -> None:
 
 
 def register(cli: click.Group, load: Load, provider_types: Callable[[], dict[str, Any]]) -> None:
-    global _provider_types
-    _provider_types = provider_types
+    """`meshgate banks ...` and `meshgate erase`."""
+
+    def run(
+        config_path: str | None,
+        cli_values: dict[str, Any],
+        work: Callable[[KnowledgeService], Awaitable[T]],
+        embeds: bool = False,
+    ) -> T:
+        return run_with_knowledge(load, provider_types, config_path, cli_values, work, embeds)
 
     @cli.group()
     def banks() -> None:
@@ -245,7 +250,7 @@ def register(cli: click.Group, load: Load, provider_types: Callable[[], dict[str
                 description=description,
             )
 
-        bank = run_with_knowledge(load, config_path, cli_values, work)
+        bank = run(config_path, cli_values, work)
         click.echo(json.dumps(bank.public(), indent=2))
 
     @banks.command("list")
@@ -266,7 +271,7 @@ def register(cli: click.Group, load: Load, provider_types: Callable[[], dict[str
                 )
             return rows
 
-        rows = run_with_knowledge(load, config_path, cli_values, work)
+        rows = run(config_path, cli_values, work)
         if not rows:
             click.echo("no banks (create one: meshgate banks create NAME)")
         for row in rows:
@@ -299,7 +304,7 @@ def register(cli: click.Group, load: Load, provider_types: Callable[[], dict[str
         async def work(service: KnowledgeService) -> IngestReport:
             return await service.ingest(name, items, acl_tokens, sync=sync, on_progress=ProgressLine())
 
-        report = run_with_knowledge(load, config_path, cli_values, work, embeds=True)
+        report = run(config_path, cli_values, work, embeds=True)
         print_report(report, as_json)
         if report.count("failed"):
             sys.exit(1)
@@ -334,9 +339,9 @@ def register(cli: click.Group, load: Load, provider_types: Callable[[], dict[str
                 await service.audit_read_all(name, "cli", len(query))
             return await service.search(name, query, who, top_k)
 
-        hits = run_with_knowledge(load, config_path, cli_values, work, embeds=True)
+        hits = run(config_path, cli_values, work, embeds=True)
         if as_json:
-            click.echo(json.dumps({"data": [hit_json(hit) for hit in hits]}, indent=2))
+            click.echo(json.dumps({"data": [hit.public() for hit in hits]}, indent=2))
             return
         if not hits:
             click.echo("nothing found")
@@ -356,7 +361,7 @@ def register(cli: click.Group, load: Load, provider_types: Callable[[], dict[str
         async def work(service: KnowledgeService) -> list[Any]:
             return await service.documents(name)
 
-        for doc in run_with_knowledge(load, config_path, cli_values, work):
+        for doc in run(config_path, cli_values, work):
             dup = f"\tduplicate of {doc.duplicate_of}" if doc.duplicate_of else ""
             click.echo(
                 f"{doc.id}\t{doc.format}\t{doc.chunks} chunks\t{doc.data_class}\t{','.join(doc.acl)}\t{doc.source}{dup}"
@@ -372,7 +377,7 @@ def register(cli: click.Group, load: Load, provider_types: Callable[[], dict[str
         async def work(service: KnowledgeService) -> list[str]:
             return await service.delete_document(name, document_id)
 
-        removed = run_with_knowledge(load, config_path, cli_values, work)
+        removed = run(config_path, cli_values, work)
         click.echo(f"removed {len(removed)} document(s): {', '.join(removed)}")
 
     @banks.command("delete")
@@ -387,27 +392,9 @@ def register(cli: click.Group, load: Load, provider_types: Callable[[], dict[str
         async def work(service: KnowledgeService) -> dict[str, int]:
             return await service.delete_bank(name)
 
-        counts = run_with_knowledge(load, config_path, cli_values, work)
+        counts = run(config_path, cli_values, work)
         click.echo(f"deleted {name}: {counts['documents']} documents, {counts['chunks']} chunks")
 
-
-def hit_json(hit: Any) -> dict[str, Any]:
-    """The wire form of one search result (`POST /v1/banks/{bank}/search` and `--json`)."""
-    chunk = hit.chunk
-    return {
-        "text": chunk.text,
-        "score": round(float(hit.score), 6),
-        "document_id": chunk.document_id,
-        "chunk_id": chunk.chunk_id,
-        "source": chunk.source,
-        "title": chunk.title,
-        "page": chunk.page,
-        "section": chunk.section,
-        "data_class": chunk.data_class,
-    }
-
-
-def register_erase(cli: click.Group, load: Load) -> None:
     @cli.command("erase")
     @settings_options("data_dir", "database_url", "redis_url")
     @click.option("--bank", default=None, help="Only this bank (required with --document).")
@@ -446,7 +433,7 @@ def register_erase(cli: click.Group, load: Load) -> None:
             finally:
                 await cache.close()
 
-        receipt = run_with_knowledge(load, config_path, cli_values, work)
+        receipt = run(config_path, cli_values, work)
         if as_json:
             click.echo(json.dumps(receipt.public(), indent=2))
             return

@@ -119,12 +119,7 @@ def citations(answer: str, sources: list[Source], numbers: list[int]) -> list[di
             {
                 "index": number,
                 "bank": source.bank,
-                "document_id": chunk.document_id,
-                "chunk_id": chunk.chunk_id,
-                "source": chunk.source,
-                "title": chunk.title,
-                "page": chunk.page,
-                "section": chunk.section,
+                **chunk.where(),
                 "quote": quote(chunk.text, answer),
                 "score": source.evidence,
             }

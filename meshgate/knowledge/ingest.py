@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -242,9 +242,7 @@ class Ingestor:
         duplicate = await self._duplicate_of(record, prepared.signature, existing)
         if duplicate is not None:
             original, similarity = duplicate
-            record = DocumentRecord(
-                **{**record.__dict__, "duplicate_of": original, "similarity": round(similarity, 4), "chunks": 0}
-            )
+            record = replace(record, duplicate_of=original, similarity=round(similarity, 4), chunks=0)
             await self.records.put_document(record)
             if existing is not None and existing.duplicate_of is None:
                 await self._drop_old(existing)
@@ -291,7 +289,7 @@ class Ingestor:
     async def _duplicate_of(
         self, record: DocumentRecord, signature: np.ndarray[Any, Any], existing: DocumentRecord | None
     ) -> tuple[str, float] | None:
-        for doc in await self._same_hash(record):
+        for doc in await self.records.same_content(record.bank, record.content_hash, record.text_hash):
             if doc.source != record.source and doc.duplicate_of is None and doc.acl == record.acl:
                 return doc.id, 1.0
         near = await self._near_index()
@@ -302,14 +300,6 @@ class Ingestor:
             if self._acl_of.get(doc_id) == record.acl:
                 return doc_id, similarity
         return None
-
-    async def _same_hash(self, record: DocumentRecord) -> list[DocumentRecord]:
-        rows = await self.records.db.fetchall(
-            "SELECT id FROM bank_documents WHERE bank = ? AND (content_hash = ? OR text_hash = ?) ORDER BY created_at",
-            (record.bank, record.content_hash, record.text_hash),
-        )
-        found = [await self.records.document(record.bank, row["id"]) for row in rows]
-        return [doc for doc in found if doc is not None]
 
     def _prepare(self, data: bytes, item: IngestItem) -> _Prepared:
         """In a worker thread: everything whose cost grows with the file."""

@@ -191,6 +191,15 @@ class BankRecords:
         )
         return None if row is None else _document(row)
 
+    async def same_content(self, bank: str, content_hash: str, text_hash: str) -> list[DocumentRecord]:
+        """Documents of `bank` with the same bytes or the same normalised text, oldest first."""
+        rows = await self.db.fetchall(
+            f"SELECT {_DOC_COLUMNS} FROM bank_documents WHERE bank = ? AND (content_hash = ? OR text_hash = ?) "
+            "ORDER BY created_at",
+            (bank, content_hash, text_hash),
+        )
+        return [_document(row) for row in rows]
+
     async def duplicates_of(self, bank: str, document_id: str) -> list[DocumentRecord]:
         rows = await self.db.fetchall(
             f"SELECT {_DOC_COLUMNS} FROM bank_documents WHERE bank = ? AND duplicate_of = ? ORDER BY id",

@@ -241,6 +241,7 @@ MIGRATIONS: list[Migration] = [
                 UNIQUE (bank, source)
             )""",
             "CREATE INDEX bank_documents_content ON bank_documents (bank, content_hash)",
+            "CREATE INDEX bank_documents_text ON bank_documents (bank, text_hash)",
             "CREATE INDEX bank_documents_duplicate ON bank_documents (duplicate_of)",
         ),
     ),

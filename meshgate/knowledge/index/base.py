@@ -43,6 +43,17 @@ class ChunkRef:
     #: Free string metadata a filter may name as `metadata.<key>`.
     metadata: Mapping[str, str] = field(default_factory=dict)
 
+    def where(self) -> dict[str, Any]:
+        """Where the chunk comes from, as search results and citations show it."""
+        return {
+            "document_id": self.document_id,
+            "chunk_id": self.chunk_id,
+            "source": self.source,
+            "title": self.title,
+            "page": self.page,
+            "section": self.section,
+        }
+
 
 @dataclass(frozen=True)
 class IndexedChunk:
@@ -55,6 +66,16 @@ class Hit:
     chunk: ChunkRef
     #: Backend-native relevance (BM25 score, cosine similarity); higher is better.
     score: float
+
+    def public(self) -> dict[str, Any]:
+        """The wire form of a search result (`POST /v1/banks/{bank}/search`, `banks search --json`)."""
+        chunk = self.chunk
+        return {
+            "text": chunk.text,
+            "score": round(float(self.score), 6),
+            **chunk.where(),
+            "data_class": chunk.data_class,
+        }
 
 
 @dataclass(frozen=True)
