@@ -97,6 +97,8 @@ class Eraser:
         removed_ids: list[str] = []
         touched: set[str] = set()
         for doc in doomed:
+            if doc.id in removed_ids:
+                continue  # a copy stored under a document removed just before: gone with it
             index = await self.service.index((await self.service.bank(doc.bank)).index_kind)
             before = await index.count(doc.bank)
             removed = await remove_document(self.service.records, index, doc)
@@ -109,7 +111,7 @@ class Eraser:
             receipt.add("cache_entries", await cache.purge(containing=tuple(n.encode() for n in needles)))
         if subject:
             await self._stored_content(subject, receipt)
-        for kind in touched | {record.index_kind for record in banks}:
+        for kind in touched:  # indexes nothing was removed from hold nothing to overwrite
             await (await self.service.index(kind)).compact()
         await self._compact_database()
         detail = {

@@ -93,10 +93,6 @@ class KnowledgeStep(Step):
         }
         # The best chunk's evidence, so clients (and bench/knowledge_answers.py) can see why it abstained.
         call.response_headers[EVIDENCE_HEADER] = f"{best:.4f}"
-        raised = stricter(call.ctx.data_class, *(s.hit.chunk.data_class for s in sources))
-        if raised and raised != call.ctx.data_class:
-            call.ctx.data_class = raised
-            self.enforce_data_class(call)
         minimum = options.min_evidence
         if minimum is None:
             minimum = service.config.min_evidence
@@ -107,6 +103,11 @@ class KnowledgeStep(Step):
             call.replay = _abstention(call, request)
             add_output(call, GroundedOutput([], question, abstained=True))
             return
+        # Only now does chunk text go to a model: the call takes the most sensitive source's class.
+        raised = stricter(call.ctx.data_class, *(s.hit.chunk.data_class for s in sources))
+        if raised and raised != call.ctx.data_class:
+            call.ctx.data_class = raised
+            self.enforce_data_class(call)
         system = "\n\n".join(message_text(m.content) for m in request.messages if isinstance(m, SystemMessage))
         prompt = grounding.sources_prompt(sources) + (f"\n\n{system}" if system else "")
         messages = [SystemMessage(content=prompt), *(m for m in request.messages if not isinstance(m, SystemMessage))]
