@@ -59,13 +59,21 @@ from harness import (
     stop_all,
     write_mesh,
 )
-from run import COMPLETION, ROUTED_DEPLOYMENT, ROUTED_MESH, unique_wrk_script
+from run import COMPLETION, ROUTED_DEPLOYMENT, ROUTED_MESH, tagged, unique_wrk_script
 
 HERE = Path(__file__).resolve().parent
 #: Ports of their own, so that this runs beside bench/run.py.
 UPSTREAM_PORT = 18280
 FIRST_GATEWAY_PORT = 18281
-CACHE_BLOCKS = {"plain": None, "route": None, "route+memory": "memory", "route+sqlite": "auto"}
+#: The cache block's backend line(s) per variant (None: no cache). route+sqlite is the default
+#: (`persist: on-hit`); route+sqlite-always writes every entry, as the SQLite backend did before.
+CACHE_BLOCKS = {
+    "plain": None,
+    "route": None,
+    "route+memory": "backend: memory",
+    "route+sqlite": "backend: auto",
+    "route+sqlite-always": "backend: auto\n  persist: always",
+}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -115,16 +123,10 @@ def mesh_for(variant: str, tmp: Path) -> Path:
         text = text.split("models:", 1)[1]
         text = "models:" + text
     else:
-        text = text.replace("  ttl: 1h\n", f"  ttl: 1h\n  backend: {backend}\n")
+        text = text.replace("  ttl: 1h\n", f"  ttl: 1h\n  {backend}\n")
     path = tmp / f"{variant.replace('+', '-')}.yaml"
     path.write_text(text)
     return path
-
-
-def tagged(script: str, tag: str) -> str:
-    """`script` (run.unique_wrk_script's) with prompts no other run sends: "Say hello <tag> <n>."."""
-    assert "Say hello " in script
-    return script.replace("Say hello ", f"Say hello {tag} ")
 
 
 def wrk_count(url: str, script: Path, connections: int, duration: int) -> tuple[int, float, float, int]:

@@ -81,6 +81,14 @@ request = function()
   return wrk.format(nil, nil, nil, body)
 end
 """
+
+
+def tagged(script: str, tag: str) -> str:
+    """`script` (unique_wrk_script's) with prompts no other run sends: "Say hello <tag> <n>."."""
+    assert "Say hello " in script
+    return script.replace("Say hello ", f"Say hello {tag} ")
+
+
 ROUTED_DEPLOYMENT = (
     '{{name: {name}, provider: openai-compatible, model: bench-model, base_url: "{base}", '
     'api_key: "${{BENCH_UPSTREAM_KEY}}", weight: 50, price: {{input: 2.5, output: 10.0}}}}'
@@ -370,12 +378,16 @@ def main() -> None:
         for name, (_, headers) in targets.items():
             scripts[name] = tmp / f"{name}.lua"
             scripts[name].write_text(wrk_script(body_json, headers))
-        if args.routed:
-            scripts["meshgate-routed"].write_text(unique_wrk_script(targets["meshgate-routed"][1]))
+        unique = {name for name in targets if name == "meshgate-routed"}
         connections = [int(c) for c in args.connections.split(",")]
         for round_index in range(args.rounds):
             for count in connections:
                 for name, (url, _) in targets.items():
+                    if name in unique:
+                        # wrk's counter starts at 1 in every run: a tag per run keeps every prompt
+                        # new (a miss), never one an earlier run stored (a hit).
+                        tag = f"r{round_index}c{count}"
+                        scripts[name].write_text(tagged(unique_wrk_script(targets[name][1]), tag))
                     rps, p50, p99, errors = wrk(url, scripts[name], count, args.duration)
                     results.runs.append(Run(name, count, rps, p50, p99, errors))
                     print(

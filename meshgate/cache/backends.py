@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import sqlite3
 import struct
@@ -32,6 +33,8 @@ import numpy as np
 from meshgate.cache.key import name_hash
 
 T = TypeVar("T")
+
+log = logging.getLogger("meshgate.cache")
 
 #: The most recent questions per bucket a semantic lookup compares against.
 MAX_CANDIDATES = 256
@@ -154,19 +157,23 @@ class MemoryBackend(Backend):
                 if not members:
                     del self.buckets[entry.bucket]
 
+    def candidate_rows(self, bucket: str, now: float) -> list[tuple[str, str, bytes]]:
+        """The bucket's live questions, newest first: (entry id, guard, vector)."""
+        rows = []
+        for member in reversed(list(self.buckets.get(bucket, ()))):
+            other = self.entries[member]
+            if other.expires > now and other.vector is not None:
+                rows.append((member, other.guard, other.vector))
+                if len(rows) >= MAX_CANDIDATES:
+                    break
+        return rows
+
     async def lookup(self, entry_id: str, bucket: str | None) -> tuple[bytes | None, Candidates]:
         now = time.time()
         entry = self._live(entry_id, now)
         candidates = Candidates()
         if bucket is not None and entry is None:
-            rows = []
-            for member in reversed(list(self.buckets.get(bucket, ()))):
-                other = self.entries[member]
-                if other.expires > now and other.vector is not None:
-                    rows.append((member, other.guard, other.vector))
-                    if len(rows) >= MAX_CANDIDATES:
-                        break
-            candidates = Candidates.of(rows)
+            candidates = Candidates.of(self.candidate_rows(bucket, now))
         return (entry.value if entry is not None else None), candidates
 
     async def get(self, entry_id: str) -> bytes | None:
@@ -190,7 +197,19 @@ class MemoryBackend(Backend):
         while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
             self._remove(next(iter(self.entries)))
 
-    async def purge(self, where: PurgeFilter) -> int:
+    def take(self, entry_id: str, now: float) -> Entry | None:
+        """Remove and return the live entry `entry_id` (None when absent or expired)."""
+        entry = self._live(entry_id, now)
+        if entry is not None:
+            self._remove(entry_id)
+        return entry
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.buckets.clear()
+        self.bytes = 0
+
+    def purge_now(self, where: PurgeFilter) -> int:
         now = time.time()
         doomed = [
             e.id
@@ -200,6 +219,9 @@ class MemoryBackend(Backend):
         for entry_id in doomed:
             self._remove(entry_id)
         return len(doomed)
+
+    async def purge(self, where: PurgeFilter) -> int:
+        return self.purge_now(where)
 
 
 _SCHEMA = """
@@ -218,6 +240,7 @@ CREATE TABLE IF NOT EXISTS cache_rows (
 );
 CREATE INDEX IF NOT EXISTS cache_rows_bucket ON cache_rows (bucket, created) WHERE bucket IS NOT NULL;
 CREATE INDEX IF NOT EXISTS cache_rows_expires ON cache_rows (expires);
+CREATE TABLE IF NOT EXISTS cache_purges (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL);
 """
 #: Version 1 kept entries in `cache_entries`, keyed by their id: a random key, so every new entry
 #: landed on a random page of that index (one 4 KB page written per entry). Its live rows move over.
@@ -250,13 +273,24 @@ FLUSH_DELAY = 0.05
 MAX_ENTRIES = 1_000_000
 
 
+#: How often a process looks for purges another process made in the file (`meshgate erase`, `meshgate
+#: cache purge`): the longest an entry that lives only in this process's memory can outlive them.
+PURGE_CHECK_EVERY = 0.5
+
+#: `persist` values: "on-hit" writes an entry to the file when it first serves a hit (and at a
+#: clean shutdown); "always" writes every entry (within FLUSH_DELAY of its answer).
+PERSIST_MODES = ("on-hit", "always")
+
+
 @dataclass(slots=True)
 class _Written:
     """What a batch's write tells the event loop: the batch's first row id, and the rows a sweep
-    or an eviction deleted (rid, id)."""
+    or an eviction deleted (rid, id). `purged`: the batch was not written because another process
+    purged the file since this one last looked (the purge's sequence number)."""
 
     first: int
     removed: list[tuple[int, str]]
+    purged: int = 0
 
 
 class SQLiteBackend(Backend):
@@ -274,14 +308,43 @@ class SQLiteBackend(Backend):
     written by other processes sharing the file after this one opened it are not in its index:
     missed here (a lost hit, never a wrong one) until a semantic lookup meets them.
 
-    An entry is durable once its batch is written: within FLUSH_DELAY (50 ms) plus one write.
-    Until then it is answered from memory (`_pending`)."""
+    What reaches the file (`persist`): by default ("on-hit") a new entry first lives in a bounded
+    in-process tier (`_fresh`, an LRU of `memory_entries` / `memory_bytes`) and is written when it
+    serves its first hit, or at a clean shutdown; an entry evicted from that tier before any hit
+    is dropped. Most LLM requests are never repeated, and writing those "one-hit wonders" was the
+    whole cost of the miss path (CDNs admit to disk on the second request for the same reason); a
+    crash loses only entries that never served a hit. "always" writes every entry.
+
+    A written entry is durable once its batch is: within FLUSH_DELAY (50 ms) plus one write. Until
+    then it is answered from memory (`_pending`).
+
+    Purges from other processes (the CLI's `cache purge` and `erase`) are logged in the file
+    (`cache_purges`); a process that sees a new one within PURGE_CHECK_EVERY drops every entry it
+    holds only in memory (it cannot know which of them the purge meant), and a batch never lands
+    after a purge it did not see (checked inside the write's transaction)."""
 
     name = "sqlite"
 
-    def __init__(self, path: Path, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_entries: int = MAX_ENTRIES,
+        persist: str = "on-hit",
+        memory_entries: int = 10_000,
+        memory_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        if persist not in PERSIST_MODES:
+            raise ValueError(f"persist must be one of {', '.join(PERSIST_MODES)}, not {persist!r}")
         self.path = path
         self.max_entries = max_entries
+        self.persist = persist
+        #: Entries not written yet that wait for a hit ("on-hit"): bounded, dropped when evicted.
+        self._fresh = MemoryBackend(memory_entries, memory_bytes)
+        #: The last purge of the file this process knows of (`cache_purges.seq`), and when to look again.
+        self._purges_seen = 0
+        self._next_purge_check = 0.0
+        self._watching: asyncio.Task[None] | None = None
+        self._opening: asyncio.Future[None] | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="meshgate-cache-read")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="meshgate-cache-write")
         self._rconn: sqlite3.Connection | None = None
@@ -339,10 +402,63 @@ class SQLiteBackend(Backend):
         rows = conn.execute("SELECT rid, id FROM cache_rows WHERE expires > ?", (time.time(),))
         return {hash(entry_id): rid for rid, entry_id in rows}
 
+    @staticmethod
+    def _last_purge(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT coalesce(max(seq), 0) FROM cache_purges").fetchone()[0])
+
+    def _load(self) -> tuple[dict[int, int], int]:
+        rows = self._load_index()
+        return rows, self._last_purge(self._open_writer())
+
     async def _open(self) -> None:
         if not self._opened:  # the schema exists before the first read
-            self._rows = await asyncio.get_running_loop().run_in_executor(self._writer, self._load_index)
-            self._opened = True
+            if self._opening is None:  # one opening, however many calls wait for it
+                self._opening = asyncio.ensure_future(self._open_once())
+            try:
+                await asyncio.shield(self._opening)
+            except Exception:
+                self._opening = None  # tried again by the next call
+                raise
+
+    async def _open_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._rows, self._purges_seen = await loop.run_in_executor(self._writer, self._load)
+        self._next_purge_check = time.time() + PURGE_CHECK_EVERY
+        self._opened = True
+        self._watching = asyncio.ensure_future(self._watch_purges())
+
+    async def _watch_purges(self) -> None:
+        """An idle server too drops what a purge meant within PURGE_CHECK_EVERY (lookups check
+        on their own when they are due: a busy loop may run this late)."""
+        while True:
+            await asyncio.sleep(PURGE_CHECK_EVERY)
+            now = time.time()
+            if now >= self._next_purge_check:
+                try:
+                    await self._check_purges(now)
+                except Exception as exc:  # the next lookup or turn tries again
+                    log.warning("cache: reading %s's purges failed (%s: %s)", self.path, type(exc).__name__, exc)
+
+    def _read_last_purge(self) -> int:
+        return self._last_purge(self._open_reader())
+
+    async def _check_purges(self, now: float) -> None:
+        """At most every PURGE_CHECK_EVERY, on the reader thread: has another process purged?"""
+        self._next_purge_check = now + PURGE_CHECK_EVERY
+        seq = await self._on(self._reader, self._read_last_purge)
+        if seq > self._purges_seen:
+            self._forget_unwritten(seq)
+
+    def _forget_unwritten(self, seq: int) -> None:
+        """Another process purged the file: drop what lives only in memory here (entries waiting
+        for a hit or for their batch). Lost hits at worst, never an answer the purge meant."""
+        self._purges_seen = max(self._purges_seen, seq)
+        dropped = len(self._fresh.entries) + len(self._pending)
+        self._fresh.clear()
+        self._pending.clear()
+        self._queue = []
+        if dropped:
+            log.info("cache: another process purged %s; dropped %d entries held in memory", self.path, dropped)
 
     async def _on(self, pool: ThreadPoolExecutor, fn: Any, *args: Any) -> Any:
         await self._open()
@@ -371,9 +487,16 @@ class SQLiteBackend(Backend):
 
     async def lookup(self, entry_id: str, bucket: str | None) -> tuple[bytes | None, Candidates]:
         now = time.time()
+        if now >= self._next_purge_check:
+            await self._open()
+            await self._check_purges(now)
         pending = self._pending.get(entry_id)
         if pending is not None and pending.expires > now:
             return pending.value, Candidates()
+        fresh = self._fresh.take(entry_id, now)
+        if fresh is not None:  # its first hit: worth a row in the file
+            self._enqueue(fresh)
+            return fresh.value, Candidates()
         await self._open()
         slot = hash(entry_id)
         rid = self._rows.get(slot)
@@ -384,7 +507,20 @@ class SQLiteBackend(Backend):
             del self._rows[slot]  # expired, purged or evicted (maybe by another process)
         for other_rid, other_id, _guard, _vector in rows:  # so that `get` finds a semantic match
             self._rows[hash(other_id)] = other_rid
-        return value, Candidates.of([row[1:] for row in rows])
+        found = [row[1:] for row in rows]
+        if bucket is not None and value is None:
+            held = self._fresh.candidate_rows(bucket, now) + self._pending_rows(bucket, now)
+            if held:  # the newest first, as the file's rows come
+                known = {row[0] for row in held}
+                found = (held + [row for row in found if row[0] not in known])[:MAX_CANDIDATES]
+        return value, Candidates.of(found)
+
+    def _pending_rows(self, bucket: str, now: float) -> list[tuple[str, str, bytes]]:
+        return [
+            (e.id, e.guard, e.vector)
+            for e in self._pending.values()
+            if e.bucket == bucket and e.vector is not None and e.expires > now
+        ]
 
     async def get(self, entry_id: str) -> bytes | None:
         value, _ = await self.lookup(entry_id, None)
@@ -392,15 +528,21 @@ class SQLiteBackend(Backend):
 
     # -- writes --
 
-    def _write(self, batch: list[Entry], replaced: list[tuple[int, str]]) -> _Written:
+    def _write(self, batch: list[Entry], replaced: list[tuple[int, str]], seen: int) -> _Written:
         """One transaction (one WAL commit) for the whole batch, on the writer thread. The rows go
         in a few multi-row INSERTs (chunks of 128, 64, ... 1 rows: a handful of statement texts,
         each prepared once): the thread gives up and takes back the GIL once per statement, not
-        once per row as executemany does, and each take-back waits on the busy event loop."""
+        once per row as executemany does, and each take-back waits on the busy event loop.
+        Not written when the file was purged by another process since `seen` (the write lock
+        orders the two: a purge either comes after this batch and removes what it must, or
+        before, and then the batch, built before it was known, is dropped)."""
         conn = self._open_writer()
         removed: list[tuple[int, str]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if (last_purge := self._last_purge(conn)) > seen:
+                conn.execute("ROLLBACK")
+                return _Written(0, [], purged=last_purge)
             if replaced:  # rare: an id stored again (no-cache, or after it expired)
                 conn.executemany("DELETE FROM cache_rows WHERE rid = ? AND id = ?", replaced)
             first = (conn.execute("SELECT max(rid) FROM cache_rows").fetchone()[0] or 0) + 1
@@ -450,15 +592,25 @@ class SQLiteBackend(Backend):
         return removed
 
     async def put(self, entry: Entry) -> None:
-        """Queued and written with the others that come meanwhile, in one transaction; returns when
-        the entry is on disk."""
-        self.put_later(entry)
+        """Written at once whatever `persist` says: queued with the others that come meanwhile, in
+        one transaction; returns when the entry is on disk."""
+        self._fresh.take(entry.id, 0.0)
+        self._enqueue(entry)
         assert self._flushing is not None
         await asyncio.shield(self._flushing)
 
     def put_later(self, entry: Entry) -> asyncio.Task[None] | None:
-        """Queue `entry` for the next batch; the flush task when this started one (one task per
-        batch, not one per entry: the whole store costs a dict set and a list append here)."""
+        """Store `entry`: "on-hit", in the memory tier until it serves a hit (a dict set; nothing
+        to wait for); "always" (or an id whose older answer is being written), queued for the
+        next batch, returning the flush task when this started one (one task per batch, not one
+        per entry)."""
+        if self.persist == "on-hit" and entry.id not in self._pending:
+            self._fresh.put_later(entry)
+            return None
+        self._fresh.take(entry.id, 0.0)
+        return self._enqueue(entry)
+
+    def _enqueue(self, entry: Entry) -> asyncio.Task[None] | None:
         self._pending[entry.id] = entry
         self._queue.append(entry)
         if self._flushing is None or self._flushing.done():
@@ -476,7 +628,10 @@ class SQLiteBackend(Backend):
             self._queue = []
             rows = self._rows
             replaced = [(rid, e.id) for e in batch if (rid := rows.get(hash(e.id))) is not None]
-            written: _Written = await self._on(self._writer, self._write, batch, replaced)
+            written: _Written = await self._on(self._writer, self._write, batch, replaced, self._purges_seen)
+            if written.purged:
+                self._forget_unwritten(written.purged)
+                continue
             for i, e in enumerate(batch):
                 self._rows[hash(e.id)] = written.first + i
                 if self._pending.get(e.id) is e:
@@ -488,7 +643,7 @@ class SQLiteBackend(Backend):
 
     # -- purges --
 
-    def _purge(self, where: PurgeFilter, now: float) -> tuple[int, dict[int, int]]:
+    def _purge(self, where: PurgeFilter, now: float) -> tuple[int, dict[int, int], int]:
         conn = self._open_writer()
         clauses: list[str] = []
         params: list[str | float] = []
@@ -507,12 +662,23 @@ class SQLiteBackend(Backend):
         # holds the pages as they were) is copied back and truncated.
         conn.execute("PRAGMA secure_delete=ON")
         try:
-            removed = conn.execute(sql, params).rowcount
-            conn.execute("DELETE FROM cache_rows WHERE expires <= ?", (now,))  # and what expired anyway
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Logged in the same transaction, for the other processes sharing the file: they
+                # drop what they hold in memory, and a batch of theirs built before this purge
+                # sees it when it takes the write lock and is not written (see _write).
+                seq = conn.execute("INSERT INTO cache_purges (at) VALUES (?) RETURNING seq", (now,)).fetchall()[0][0]
+                conn.execute("DELETE FROM cache_purges WHERE seq < ?", (seq,))
+                removed = conn.execute(sql, params).rowcount
+                conn.execute("DELETE FROM cache_rows WHERE expires <= ?", (now,))  # and what expired anyway
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         finally:
             conn.execute("PRAGMA secure_delete=OFF")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return int(removed), self._load_index()  # what is left is the file's to say
+        return int(removed), self._load_index(), int(seq)  # what is left is the file's to say
 
     async def purge(self, where: PurgeFilter) -> int:
         if self._flushing is not None:
@@ -528,17 +694,29 @@ class SQLiteBackend(Backend):
             self._queue = [e for e in self._queue if e.id not in doomed]
             for entry_id in doomed:
                 del self._pending[entry_id]
-        removed, rows = await self._on(self._writer, self._purge, where, now)
+        doomed_fresh = self._fresh.purge_now(where)
+        removed, rows, seq = await self._on(self._writer, self._purge, where, now)
         self._rows = rows
-        return int(removed) + len(doomed)
+        self._purges_seen = max(self._purges_seen, seq)  # its own: nothing more to drop
+        return int(removed) + len(doomed) + doomed_fresh
 
     def _close(self, conn: sqlite3.Connection | None) -> None:
         if conn is not None:
             conn.close()
 
     async def close(self) -> None:
+        """A clean shutdown writes what waited for a hit in memory: a restart keeps every answer."""
+        now = time.time()
+        for entry in list(self._fresh.entries.values()):
+            if entry.expires > now:
+                self._enqueue(entry)
+        self._fresh.clear()
         if self._flushing is not None:
             await self._flushing
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._reader, self._close, self._rconn)
         await loop.run_in_executor(self._writer, self._close, self._wconn)

@@ -61,6 +61,10 @@ class CacheConfig(BaseModel):
     #: Where entries live; read from the top-level block only (one store per gateway). `auto`:
     #: Redis when the `redis_url` setting is set, else SQLite (`<data dir>/cache.sqlite3`).
     backend: Literal["auto", "memory", "sqlite", "redis"] = "auto"
+    #: SQLite backend, top-level block only: "on-hit" writes an entry to the file when it first
+    #: serves a hit (and at a clean shutdown), holding it in process until then (bounded by
+    #: `max_entries` / `max_bytes`); "always" writes every entry within about 50 ms.
+    persist: Literal["on-hit", "always"] = "on-hit"
 
     @field_validator("mode", mode="before")
     @classmethod

@@ -26,7 +26,12 @@ def backend_for(config: CacheConfig, data_dir: Path, redis_url: str = "") -> Bac
             raise ConfigError("cache.backend: redis needs the `redis_url` setting (--redis-url)")
         return RedisBackend(redis_url)
     if kind == "sqlite":
-        return SQLiteBackend(Path(data_dir) / SQLITE_FILE)
+        return SQLiteBackend(
+            Path(data_dir) / SQLITE_FILE,
+            persist=config.persist,
+            memory_entries=config.max_entries,
+            memory_bytes=config.max_bytes,
+        )
     return MemoryBackend(config.max_entries, config.max_bytes)
 
 

@@ -197,7 +197,7 @@ async def test_sqlite_purge_leaves_no_trace_in_the_file(tmp_path: Path) -> None:
 
 async def test_sqlite_answers_stores_before_they_are_written_and_keeps_them(tmp_path: Path) -> None:
     path = tmp_path / "cache.sqlite3"
-    backend = SQLiteBackend(path)
+    backend = SQLiteBackend(path, persist="always")
     flush = backend.put_later(entry("w:1"))
     assert flush is not None and not flush.done()
     assert await backend.get(rid("w:1")) == b"value of w:1"  # from memory, before the batch
@@ -306,3 +306,93 @@ async def test_sqlite_opens_a_version_1_file(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'cache_entries'").fetchone()[0] == 0
+
+
+def _file_ids(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return sorted(row[0] for row in conn.execute("SELECT id FROM cache_rows"))
+
+
+async def test_sqlite_on_hit_writes_an_entry_when_it_first_serves_a_hit(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite3"
+    backend = SQLiteBackend(path)  # persist="on-hit", the default
+    assert backend.put_later(entry("h:once")) is None  # a dict set: nothing to wait for
+    assert backend.put_later(entry("h:twice")) is None
+    await asyncio.sleep(0.1)  # longer than a batch's delay: still nothing written
+    await backend.get(rid("h:absent"))  # opens the file
+    assert _file_ids(path) == []
+    assert await backend.get(rid("h:twice")) == b"value of h:twice"  # its first hit, from memory
+    assert backend._flushing is not None
+    await backend._flushing
+    assert _file_ids(path) == [rid("h:twice")]
+    # Another process sharing the file (opened now) finds the written entry, not the other.
+    other = SQLiteBackend(path)
+    assert await other.get(rid("h:twice")) == b"value of h:twice"
+    assert await other.get(rid("h:once")) is None
+    await other.close()
+    assert await backend.get(rid("h:twice")) == b"value of h:twice"  # now from the file
+    await backend.close()
+    # A clean shutdown wrote what waited in memory: a restart keeps every answer.
+    assert _file_ids(path) == sorted([rid("h:once"), rid("h:twice")])
+    again = SQLiteBackend(path)
+    assert await again.get(rid("h:once")) == b"value of h:once"
+    await again.close()
+
+
+async def test_sqlite_on_hit_drops_entries_evicted_before_any_hit(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite3"
+    backend = SQLiteBackend(path, memory_entries=2)
+    for name in ("e:1", "e:2", "e:3"):
+        backend.put_later(entry(name))
+    assert await backend.get(rid("e:1")) is None  # evicted by e:3 before any hit: never written
+    assert [await backend.get(rid(n)) for n in ("e:2", "e:3")] == [b"value of e:2", b"value of e:3"]
+    await backend.close()
+    assert _file_ids(path) == sorted([rid("e:2"), rid("e:3")])
+
+
+async def test_sqlite_on_hit_semantic_candidates_include_entries_in_memory(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path / "cache.sqlite3")
+    await backend.put(entry("c:file", bucket="B", vector=[1, 0, 0]))  # written
+    backend.put_later(entry("c:mem", bucket="B", vector=[0, 1, 0]))  # in memory
+    backend.put_later(entry("c:elsewhere", bucket="C", vector=[0, 1, 0]))
+    _, candidates = await backend.lookup(rid("c:none"), "B")
+    assert candidates.ids == [rid("c:mem"), rid("c:file")]  # newest first
+    assert candidates.vectors is not None and candidates.vectors.shape == (2, 3)
+    match = best_match(candidates, np.asarray([0, 1, 0], dtype=np.float32), "g", 0.9)
+    assert match is not None and await backend.get(match.entry_id) == b"value of c:mem"
+    await backend.close()
+
+
+async def test_sqlite_purge_by_another_process_reaches_entries_held_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`meshgate erase` / `cache purge` run in their own process: a server's entries that live only
+    in its memory (waiting for a hit, or for their batch) must not outlive the purge."""
+    import meshgate.cache.backends as backends
+
+    monkeypatch.setattr(backends, "PURGE_CHECK_EVERY", 0.05)
+    monkeypatch.setattr(backends, "FLUSH_DELAY", 0.3)
+    path = tmp_path / "cache.sqlite3"
+    server = SQLiteBackend(path)
+    await server.put(entry("x:written", team="t"))
+    server.put_later(entry("x:waiting", team="t"))
+    promoted = entry("x:promoted", team="t")
+    server.put_later(promoted)
+    assert await server.get(rid("x:promoted")) == b"value of x:promoted"  # queued for the next batch
+    batch = server._flushing
+    assert batch is not None and not batch.done()
+    cli = SQLiteBackend(path)
+    assert await cli.purge(PurgeFilter(team="t")) == 1  # it sees the file: the written entry
+    await cli.close()
+    await batch  # the batch took the write lock after the purge: it is not written
+    assert _file_ids(path) == []
+    await asyncio.sleep(0.06)
+    assert await server.get(rid("x:waiting")) is None  # dropped on seeing the purge
+    assert await server.get(rid("x:promoted")) is None
+    assert await server.get(rid("x:written")) is None
+    # Its own purges are known to it: nothing more is dropped for them.
+    server.put_later(entry("x:after", team="u"))
+    assert await server.purge(PurgeFilter(team="t")) == 0
+    await asyncio.sleep(0.06)
+    assert await server.get(rid("x:after")) == b"value of x:after"
+    await server.close()
