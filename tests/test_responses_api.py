@@ -15,8 +15,8 @@ import pytest
 import uvicorn
 from openai import AsyncOpenAI
 
-from meshgate.api.responses_store import ResponseStore
 from meshgate.protocol import ChatCompletionRequest
+from meshgate.store.responses import ResponseStore
 from meshgate.testing.fake_openai import FakeOpenAI
 from tests.conftest import AppClient, free_port
 
@@ -264,16 +264,16 @@ async def test_failure_mid_stream_is_an_error_event(proxy_client: AppClient) -> 
     assert all(name == data["type"] for name, data in events)
 
 
-def test_store_bounds() -> None:
+async def test_store_bounds() -> None:
     store = ResponseStore(max_responses=2, max_bytes=10_000)
     for n in range(3):
         store.put("k", {"id": f"resp_{n}"}, [{"role": "user", "content": "x"}])
-    assert len(store) == 2 and store.get("k", "resp_0") is None and store.get("k", "resp_2") is not None
-    assert store.get("other", "resp_2") is None
+    assert len(store) == 2 and await store.get("k", "resp_0") is None and await store.get("k", "resp_2") is not None
+    assert await store.get("other", "resp_2") is None
     store.put("k", {"id": "resp_big"}, [{"role": "user", "content": "x" * 6000}])
     store.put("k", {"id": "resp_big2"}, [{"role": "user", "content": "x" * 6000}])
-    assert store.get("k", "resp_big") is None and store.bytes <= 10_000
-    assert store.get("k", "resp_big2") is not None
+    assert await store.get("k", "resp_big") is None and store.bytes <= 10_000
+    assert await store.get("k", "resp_big2") is not None
 
 
 # -- the real local model ----------------------------------------------------------------------------

@@ -7,8 +7,9 @@ message, input items as messages, function tools as tools) and runs through the 
 answer is shaped into a `response` object, or streamed as the Responses API's typed events
 (`response.created` ... `response.output_text.delta` ... `response.completed`).
 
-Responses are stored (unless `store: false`) per key in memory (see responses_store.py) so that
-`previous_response_id` can continue a conversation.
+Responses are stored (unless `store: false`) per key, in memory and in the database (see
+store/responses.py), so that `previous_response_id` can continue a conversation, after a restart
+and on another replica too.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from starlette.routing import Route
 from meshgate.api.bodies import decode_request, validation_error
 from meshgate.api.calls import new_call, runtime_of, unless_disconnected
 from meshgate.api.responses import JSONBytesResponse, clip, encode_json
-from meshgate.api.responses_store import ResponseStore
 from meshgate.api.sse import EventStreamResponse, SSEWriter
 from meshgate.errors import InternalError, InvalidRequest, MeshError, UnsupportedParameter
 from meshgate.protocol import ChatCompletionRequest
+from meshgate.store.responses import ResponseStore
 
 if TYPE_CHECKING:
     from meshgate.gateway.pipeline import Call
@@ -553,12 +554,15 @@ class _EventStream:
 
 
 def _store(request: Request) -> ResponseStore:
+    """The runtime's store (on its database once started); an app serving a runtime it did not
+    start gets one in memory."""
+    store: ResponseStore | None = getattr(runtime_of(request), "responses", None)
+    if store is not None:
+        return store
     state = request.app.state
-    store: ResponseStore | None = getattr(state, "responses_store", None)
-    if store is None:
-        store = ResponseStore()
-        state.responses_store = store
-    return store
+    if getattr(state, "responses_store", None) is None:
+        state.responses_store = ResponseStore()
+    return state.responses_store  # type: ignore[no-any-return]
 
 
 def _owner(request: Request) -> str:
@@ -576,7 +580,7 @@ async def create_response(request: Request) -> Response:
     store, owner = _store(request), _owner(request)
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
-        previous = store.get(owner, body.previous_response_id)
+        previous = await store.get(owner, body.previous_response_id)
         if previous is None:
             raise _not_found(body.previous_response_id, "previous_response_id")
         history = previous.messages
@@ -611,7 +615,7 @@ async def create_response(request: Request) -> Response:
 
 
 async def get_response(request: Request) -> Response:
-    entry = _store(request).get(_owner(request), request.path_params["response_id"])
+    entry = await _store(request).get(_owner(request), request.path_params["response_id"])
     if entry is None:
         raise _not_found(request.path_params["response_id"])
     return JSONBytesResponse(entry.response)
@@ -619,7 +623,7 @@ async def get_response(request: Request) -> Response:
 
 async def delete_response(request: Request) -> Response:
     response_id = request.path_params["response_id"]
-    if not _store(request).delete(_owner(request), response_id):
+    if not await _store(request).delete(_owner(request), response_id):
         raise _not_found(response_id)
     return JSONBytesResponse({"id": response_id, "object": "response.deleted", "deleted": True})
 

@@ -35,6 +35,7 @@ from meshgate.routing.breaker import BreakerBoard, RedisBreakerBoard
 from meshgate.settings import ServerSettings
 from meshgate.store import INSERT_USAGE, BatchWriter, Database, WriterStats, connect, migrate
 from meshgate.store.database import redact
+from meshgate.store.responses import ResponseStore
 from meshgate.store.sqlite import private_dir
 
 log = logging.getLogger("meshgate")
@@ -74,6 +75,8 @@ class Runtime:
         #: Knowledge banks (on the database, once started).
         self.knowledge: KnowledgeService | None = None
         self.keys: KeyStore | None = None
+        #: The Responses API's stored responses (memory, and the database once started).
+        self.responses: ResponseStore = ResponseStore()
         self.oidc: OidcVerifier | None = None
         self.policy = Policy(None)
         self.limiter: RateLimiter = MemoryLimiter()
@@ -103,6 +106,8 @@ class Runtime:
         await self.audit_writer.start()
         self.control = ControlService(self.db, self.audit, actor="system")
         self.reviews = ReviewStore(self.db, self.audit)
+        self.responses = ResponseStore(self.db)
+        await self.responses.start()
         if self.settings.auth:
             self.keys = KeyStore(self.control)
             await self.keys.start()
@@ -194,6 +199,7 @@ class Runtime:
         await self.limiter.close()
         await self.ledger.close()
         await self.board.close()
+        await self.responses.stop()
         if self.usage is not None:
             await self.usage.stop()
         if self.audit_writer is not None:

@@ -30,6 +30,7 @@ from meshgate.knowledge.records import DocumentRecord
 from meshgate.knowledge.service import KnowledgeService
 from meshgate.observe.audit import AuditEvent
 from meshgate.store.database import Database
+from meshgate.store.responses import erase_responses
 
 log = logging.getLogger("meshgate.knowledge")
 
@@ -148,6 +149,8 @@ class Eraser:
             reviews += len(found)
         receipt.add("audit_contents", audit)
         receipt.add("review_contents", reviews)
+        # The Responses API's stored conversations; running servers drop their copies in memory.
+        receipt.add("stored_responses", await erase_responses(self.db, _needles(subject)))
         if legacy:
             receipt.notes.append(
                 f"{legacy} audit records written before migration 0011 hold the subject in their chained "
@@ -161,7 +164,7 @@ class Eraser:
                 await self.db.execute("VACUUM")
                 await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             else:
-                for table in ("audit_log", "reviews", "bank_documents"):
+                for table in ("audit_log", "reviews", "bank_documents", "responses"):
                     await self.db.execute(f"VACUUM FULL {table}")
         except Exception as exc:  # the rows are gone; compaction failing is reported, not fatal
             log.warning("erase: compacting the database failed (%s)", exc)

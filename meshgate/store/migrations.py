@@ -253,6 +253,23 @@ MIGRATIONS: list[Migration] = [
             "ALTER TABLE audit_log ADD COLUMN content_sha256 TEXT",
         ),
     ),
+    Migration(
+        "0012_stored_responses",
+        (
+            # The Responses API's stored responses (store/responses.py): `previous_response_id`
+            # across restarts and replicas. `body` is the JSON of the conversation and the response.
+            """CREATE TABLE responses (
+                id TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                body TEXT NOT NULL
+            )""",
+            "CREATE INDEX responses_expires ON responses (expires_at)",
+            # Bumped by every erasure of a subject: processes drop what they hold in memory.
+            "INSERT INTO meshgate_state (name, value) VALUES ('erasures', 0)",
+        ),
+    ),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS meshgate_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"

@@ -142,6 +142,8 @@ async def test_done_when(tmp_path: Path) -> None:
                 },
             )
             assert SUBJECT in cached.text
+            stored = await client.http.post("/v1/responses", json={"model": "echo-chat", "input": f"mail {SUBJECT}"})
+            assert stored.status_code == 200 and SUBJECT in stored.text, stored.text
         finally:
             await client.http.aclose()
             await runtime.stop()
@@ -151,6 +153,7 @@ async def test_done_when(tmp_path: Path) -> None:
         receipt = json.loads(erased.stdout)["counts"]
         assert receipt["documents"] == 1 and receipt["chunks"] >= 1, receipt
         assert receipt["audit_contents"] >= 1 and receipt["cache_entries"] >= 1, receipt
+        assert receipt["stored_responses"] == 1, receipt
 
         needles = [SUBJECT.encode(), SUBJECT.encode("utf-16-le")]
         for path in data_dir.rglob("*"):
