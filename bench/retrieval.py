@@ -12,8 +12,11 @@ Quality, on ../shared/data (see its README):
   -1 rows are not relevant): nDCG@10 with gain 2^(5-grade)-1.
 Rows: `bm25s` (reference BM25, English stop words), meshgate keyword (FTS5 BM25), vectors
 (all-MiniLM-L6-v2 int8, meshgate's local embedder; texts over its 256 tokens are cut at 256, as
-sentence-transformers does), and hybrid with every fusion method. Fusion parameters are chosen on
-one half of the queries of both sets (fixed seed split) and reported on the other half and on all.
+sentence-transformers does), hybrid with every fusion method, and the default fusion followed by
+the shipped reranker (meshgate/knowledge/rerank.py) over its top 10, 20 and 50, with the reranking's
+time per query. Fusion parameters are chosen on one half of the queries of both sets (fixed seed
+split) and reported on the other half and on all; the reranker is trained on that same tuning half
+only (scripts/train_reranker.py).
 Embeddings are cached in bench/results/retrieval-embeddings.npz, keyed by sha256 of the text.
 
 Speed: the embedded index in one process holding N synthetic chunks (N = 10k, 100k): texts are
@@ -40,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from meshgate.knowledge import rerank  # noqa: E402
 from meshgate.knowledge.index import fusion  # noqa: E402
 from meshgate.knowledge.index.base import ChunkRef, Hit, IndexedChunk, Readers  # noqa: E402
 from meshgate.knowledge.index.embedded import EmbeddedIndex  # noqa: E402
@@ -62,6 +67,8 @@ DIMS = 384
 MAX_TOKENS = 256
 SPLIT_SEED = 15
 CANDIDATES = 50
+#: Candidate counts the reranker rows are measured at (the default, rerank.DEFAULT_TOP_N, is 20).
+RERANK_TOP_N = (10, 20, 50)
 
 #: The grids searched per fusion method on the tuning half.
 GRIDS: dict[str, list[dict[str, float]]] = {
@@ -229,7 +236,22 @@ def ids(hits: list[Hit]) -> list[str]:
     return [hit.chunk.chunk_id for hit in hits]
 
 
-async def quality() -> dict[str, Any]:
+@dataclass
+class Runs:
+    """Both quality sets with each query's keyword and vector hits (top CANDIDATES each)."""
+
+    paragraphs: list[tuple[str, str, str]]
+    questions: list[tuple[str, str]]
+    docs: list[tuple[str, str, str]]
+    cran_queries: list[tuple[str, dict[str, int]]]
+    x_kw: list[list[Hit]]
+    x_vec: list[list[Hit]]
+    c_kw: list[list[Hit]]
+    c_vec: list[list[Hit]]
+
+
+async def gather_runs() -> Runs:
+    """Embed both sets (cached), index them in a temporary embedded index, and search every query."""
     paragraphs, questions = load_xquad()
     docs, cran_queries = load_cranfield()
     print(
@@ -255,20 +277,28 @@ async def quality() -> dict[str, Any]:
         x_kw, x_vec = await retrieve(index, "xquad", [q for q, _ in questions], x_q_vec)
         c_kw, c_vec = await retrieve(index, "cranfield", [q for q, _ in cran_queries], c_q_vec)
         await index.close()
+    return Runs(paragraphs, questions, docs, cran_queries, x_kw, x_vec, c_kw, c_vec)
 
+
+def split_halves(x_count: int, c_count: int) -> dict[str, tuple[list[int], list[int]]]:
+    """Query indices of XQuAD and Cranfield per half: "tune" (fixed seed), "test" (the rest), "all"."""
+    rng = random.Random(SPLIT_SEED)
+    x_tune = set(rng.sample(range(x_count), x_count // 2))
+    c_tune = set(rng.sample(range(c_count), c_count // 2))
+    return {
+        "tune": (sorted(x_tune), sorted(c_tune)),
+        "test": ([i for i in range(x_count) if i not in x_tune], [i for i in range(c_count) if i not in c_tune]),
+        "all": (list(range(x_count)), list(range(c_count))),
+    }
+
+
+async def quality() -> dict[str, Any]:
+    runs = await gather_runs()
+    paragraphs, questions, docs, cran_queries = runs.paragraphs, runs.questions, runs.docs, runs.cran_queries
+    x_kw, x_vec, c_kw, c_vec = runs.x_kw, runs.x_vec, runs.c_kw, runs.c_vec
     x_gold = [gold for _, gold in questions]
     c_gains = [gains for _, gains in cran_queries]
-    rng = random.Random(SPLIT_SEED)
-    x_tune = set(rng.sample(range(len(questions)), len(questions) // 2))
-    c_tune = set(rng.sample(range(len(cran_queries)), len(cran_queries) // 2))
-    halves = {
-        "tune": (sorted(x_tune), sorted(c_tune)),
-        "test": (
-            [i for i in range(len(questions)) if i not in x_tune],
-            [i for i in range(len(cran_queries)) if i not in c_tune],
-        ),
-        "all": (list(range(len(questions))), list(range(len(cran_queries)))),
-    }
+    halves = split_halves(len(questions), len(cran_queries))
 
     def score(x_ranked: list[list[str]], c_ranked: list[list[str]], half: str) -> dict[str, float]:
         xi, ci = halves[half]
@@ -311,10 +341,72 @@ async def quality() -> dict[str, Any]:
             label = f"hybrid {method} (defaults) " + ",".join(f"{k}={v:g}" for k, v in defaults.items())
             rows[label] = {half: score(xr, cr, half) for half in ("test", "all")}
 
+    # The shipped reranker (trained by scripts/train_reranker.py on the tuning half only) over the
+    # default fusion's top N; the rest of the fused list follows unchanged.
+    reranking: dict[str, Any] = {"model": rerank.default_reranker().info, "latency": {}, "difference": {}}
+    x_plain, c_plain = fused("anchored", fusion.DEFAULTS["anchored"])
+    for top_n in RERANK_TOP_N:
+        xr, cr, seconds = reranked_runs(runs, top_n)
+        label = f"hybrid anchored + rerank (top {top_n})"
+        rows[label] = {half: score(xr, cr, half) for half in ("test", "all")}
+        reranking["latency"][str(top_n)] = {**percentiles(seconds), "load_average": round(os.getloadavg()[0], 2)}
+        # Per-query differences against plain anchored on the test half, with a bootstrap interval.
+        xi, ci = halves["test"]
+        reranking["difference"][str(top_n)] = {
+            "xquad mrr": paired_difference(
+                [1 / r if (r := ranks_of(x_gold[i], xr[i])) else 0.0 for i in xi],
+                [1 / r if (r := ranks_of(x_gold[i], x_plain[i])) else 0.0 for i in xi],
+            ),
+            "cranfield ndcg@10": paired_difference(
+                [ndcg10(c_gains[i], cr[i]) for i in ci], [ndcg10(c_gains[i], c_plain[i]) for i in ci]
+            ),
+        }
+
     abstention = abstention_scale(x_kw, x_vec, paragraphs, questions)
     print_quality(rows)
+    print("rerank latency per query (features + model, top N):", reranking["latency"])
+    print("rerank minus anchored on the test half (mean, 95% bootstrap interval):", reranking["difference"])
     print("fused top score (default method) on answerable vs unanswerable XQuAD questions:", abstention)
-    return {"rows": rows, "chosen": chosen, "split_seed": SPLIT_SEED, "abstention_scale": abstention}
+    return {
+        "rows": rows,
+        "chosen": chosen,
+        "split_seed": SPLIT_SEED,
+        "rerank": reranking,
+        "abstention_scale": abstention,
+    }
+
+
+def paired_difference(new: list[float], old: list[float], resamples: int = 2000) -> dict[str, float]:
+    """Mean of new - old over queries, with a 95% interval from resampling the queries (seeded)."""
+    deltas = np.array(new) - np.array(old)
+    rng = np.random.default_rng(SPLIT_SEED)
+    means = deltas[rng.integers(0, len(deltas), (resamples, len(deltas)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {
+        "mean": round(float(deltas.mean()), 4),
+        "low": round(float(low), 4),
+        "high": round(float(high), 4),
+        "better": int((deltas > 0).sum()),
+        "worse": int((deltas < 0).sum()),
+    }
+
+
+def reranked_runs(runs: Runs, top_n: int) -> tuple[list[list[str]], list[list[str]], list[float]]:
+    """Each query's ranking with the fused top `top_n` reordered by the shipped reranker, and the
+    time the reranking took per query (candidates, features and model; the searches excluded)."""
+    model = rerank.default_reranker()
+    seconds: list[float] = []
+
+    def one(query: str, keyword: list[Hit], vector: list[Hit]) -> list[str]:
+        fused = fusion.fuse(keyword, vector, CANDIDATES)
+        started = time.perf_counter()
+        head = model.rerank(query, rerank.candidates_of(fused[:top_n], keyword, vector))
+        seconds.append(time.perf_counter() - started)
+        return [r.hit.chunk.chunk_id for r in head] + ids(fused[top_n:])
+
+    x_ranked = [one(q, k, v) for (q, _), k, v in zip(runs.questions, runs.x_kw, runs.x_vec, strict=True)]
+    c_ranked = [one(q, k, v) for (q, _), k, v in zip(runs.cran_queries, runs.c_kw, runs.c_vec, strict=True)]
+    return x_ranked, c_ranked, seconds
 
 
 def abstention_scale(

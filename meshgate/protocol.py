@@ -255,6 +255,12 @@ def check_logit_bias(bias: dict[str, float]) -> None:
             )
 
 
+class RerankOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """`"rerank": {"top_n": 20}`: how many fused candidates the reranker reorders (knowledge/rerank.py)."""
+
+    top_n: Annotated[int, Meta(ge=1, le=50)] = 20
+
+
 class KnowledgeOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
     """`"knowledge": {"banks": ["docs"], "top_k": 5}` on a chat request (meshgate/knowledge/step.py)."""
 
@@ -265,6 +271,9 @@ class KnowledgeOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
     min_evidence: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     #: False: answer without abstaining even on weak evidence (the sources are still cited).
     abstain: bool = True
+    #: Rerank the retrieved chunks: true (top 20 candidates), {"top_n": n}, false; default: the
+    #: server's `knowledge.rerank`.
+    rerank: bool | RerankOptions | None = None
 
 
 class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):

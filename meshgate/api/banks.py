@@ -10,7 +10,7 @@
     GET    /v1/banks/{bank}/documents             ?limit=&after=
     GET    /v1/banks/{bank}/documents/{id}
     DELETE /v1/banks/{bank}/documents/{id}
-    POST   /v1/banks/{bank}/search                {"query", "top_k", "filters", "read_all"}
+    POST   /v1/banks/{bank}/search                {"query", "top_k", "filters", "read_all", "rerank"}
 
 Who may do what is decided in meshgate/knowledge/access.py; what a reader sees of a bank is decided
 per chunk by the document ACLs inside the index query. Document lists show a reader only documents
@@ -42,6 +42,7 @@ from meshgate.knowledge.index.base import Readers
 from meshgate.knowledge.ingest import IngestItem
 from meshgate.knowledge.records import DEFAULT_EMBEDDER, DEFAULT_INDEX, BankRecord
 from meshgate.knowledge.service import MAX_TOP_K, KnowledgeService
+from meshgate.protocol import RerankOptions
 
 #: An upload (all files of one request) may be this big; documents are parsed in a worker.
 MAX_UPLOAD_BYTES = 64 * 2**20
@@ -102,6 +103,8 @@ class SearchRequest(Struct, forbid_unknown_fields=True):
     filters: dict[str, Any] | None = None
     #: Admins only: read every document regardless of ACLs (audited).
     read_all: bool = False
+    #: true (rerank the top 20 fused chunks), {"top_n": n}, false; default: mesh.yaml knowledge.rerank.
+    rerank: bool | RerankOptions | None = None
 
 
 _SUFFIX = {"markdown": ".md", "html": ".html", "text": ".txt", "csv": ".csv"}
@@ -285,10 +288,16 @@ async def search(request: Request) -> Response:
         readers = Readers.everyone()
     else:
         readers = readers_of(principal)
-    hits = await service.search(
-        bank.name, body.query, readers, body.top_k, body.filters, request_id=request.state.request_id
+    retrieved = await service.retrieve(
+        bank.name, body.query, readers, body.top_k, body.filters, request.state.request_id, body.rerank
     )
-    return JSONBytesResponse({"object": "list", "data": [hit.public() for hit in hits]})
+    # Reranked hits keep their fused `score` (comparable across queries) and add `rerank_score`.
+    reranked = retrieved.rerank_scores
+    data = [
+        {**hit.public(), "rerank_score": reranked[hit.chunk.chunk_id]} if reranked else hit.public()
+        for hit in retrieved.hits
+    ]
+    return JSONBytesResponse({"object": "list", "data": data})
 
 
 ROUTES = [

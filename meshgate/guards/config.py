@@ -14,7 +14,8 @@ guards:
 An action is written short (`pii: redact`) or long, with options:
 `pii: {action: redact, entities: [email, phone], min_score: 0.6}`,
 `injection: {action: block, indirect: flag}` (what injection found in tool results and retrieved
-documents does; `flag` unless said), `moderation: {action: block, categories: [hate, violence]}`,
+documents does; `flag` unless said; `embeddings: false` runs its lexical model alone),
+`moderation: {action: block, categories: [hate, violence]}`,
 `anything: {action: flag, sample: 0.1}` (a tenth of the flagged calls go to the review queue).
 """
 
@@ -67,6 +68,11 @@ class Rule(_Strict):
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="Findings scored below this do not count.")
     indirect: Action = Field(
         "flag", description="For injection: the action on text from tool results and retrieved documents."
+    )
+    embeddings: bool = Field(
+        True,
+        description="For injection: texts the lexical model is unsure of go on to a MiniLM model (false: "
+        "the lexical model alone, faster, fewer attacks caught).",
     )
     sample: float = Field(
         0.0, ge=0.0, le=1.0, description="The share of flagged calls queued for after-the-fact review."
@@ -130,6 +136,8 @@ class GuardPolicy(_Strict):
                         f"{direction}.{detector}: `redact` needs spans; {detector} judges the whole text "
                         "(use flag, block or review)"
                     )
+                if not rule.embeddings and detector != "injection":
+                    raise ValueError(f"{direction}.{detector}: `embeddings` is an option of injection only")
                 if direction == "input" and detector in OUTPUT_ONLY_DETECTORS:
                     raise ValueError(f"input.{detector}: {detector} checks answers only (put it under output)")
         return self

@@ -20,7 +20,7 @@ from typing import TypeVar
 from meshgate.guards.config import SEVERITY, DetectorSpec, GuardPolicy, Rule
 from meshgate.guards.findings import Finding, ScanContext, merge_overlapping
 from meshgate.guards.messages import Text
-from meshgate.guards.registry import Detectors
+from meshgate.guards.registry import LEXICAL_INJECTION, Detectors, builtin
 
 log = logging.getLogger("meshgate.guards")
 
@@ -171,6 +171,9 @@ class Guards:
         for detector_name, active in rules.items():
             try:
                 detector = self.detectors.get(detector_name)
+                # Rules of several guards merge: the cascade runs unless every one says `embeddings: false`.
+                if detector_name == "injection" and not any(r.rule.embeddings for r in active):
+                    detector = builtin(LEXICAL_INJECTION)
                 for index, text in enumerate(texts):
                     if not text.text or (detector_name in _USER_ONLY and text.source not in ("user", "output")):
                         continue

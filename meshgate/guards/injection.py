@@ -7,8 +7,20 @@ prompt, so the max costs nothing there; the threshold is chosen on that combined
   system prompt", "you are now DAN / in developer mode", chat-template role markers and delimiters
   ("<|im_start|>", "[INST]", "### system"), base64 blobs that decode to such instructions, and, for
   text from tools and documents, instructions addressed to the AI reading it;
-* a logistic model over hashed word 1-2-grams and character 3-5-grams (guards/textclassifier.py),
-  optionally with the local MiniLM sentence vector: pass `embed` to use the weights trained with it.
+* a cascade of two logistic models (guards/textclassifier.py). The lexical one, over hashed word
+  1-2-grams and character 3-5-grams, scores every piece of text in a fraction of a millisecond.
+  Only a piece whose lexical probability falls in the uncertain band [low, high) goes on to the
+  second model, the same features plus the local MiniLM sentence vector (tens of milliseconds per
+  piece on one thread): below the band a piece is benign, at or above it an injection, inside it the second
+  model decides. The band and the second model's threshold were chosen on the validation split
+  and held-out everyday requests (scripts/train_guards.py) with a budget on how much ordinary
+  traffic may reach the second model; they ship in injection_embed.npz (`cascade`: low, high,
+  threshold). `embeddings=False` runs the lexical model alone (with its own threshold).
+
+The cascade's score is mapped so that 0.5 is its decision boundary whichever stage decided: below
+the band the lexical probability is scaled by 0.5 / high (into [0, 0.5)), from the band's top into
+[0.5, 1], and inside it the second model's probability is shifted (in logits) so that its threshold
+lands on 0.5.
 
 The model was trained with generated everyday requests among its negatives and its threshold is the
 lowest with FPR <= 2% on the S-Labs validation split and <= 1% on everyday requests from templates
@@ -20,7 +32,9 @@ the text, the last one ending with it): rules and the classifier see only those,
 score wins, so the work per call is bounded whatever the length. Tool results and documents longer
 than 200 characters are prose the classifier never saw in training (it learnt from prompts): there
 it scores the sentences that look addressed to a reader one by one (at most MAX_SENTENCES) instead
-of windows, so a finding points at the sentence, not at the whole document.
+of windows, so a finding points at the sentence, not at the whole document. The second stage
+embeds at most MAX_EMBEDDED pieces per text (the uncertain ones with the highest lexical score; the
+others count as benign), each cut at EMBED_TOKENS tokens, so its worst case is bounded too.
 """
 
 from __future__ import annotations
@@ -28,13 +42,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from meshgate.guards.findings import DEFAULT_CONTEXT, Finding, ScanContext
-from meshgate.guards.textclassifier import Embed, LazyModel, windows
+from meshgate.guards.textclassifier import Embed, LazyModel, LinearModel, SharedEmbedder, windows
 
 WINDOW_CHARS = 1000
 WINDOW_OVERLAP = 200
@@ -49,7 +63,18 @@ SHORT_WORDS = 3
 LEXICAL_MODEL = "injection_lexical.npz"
 EMBED_MODEL = "injection_embed.npz"
 
+#: The cascade's decision boundary on its (mapped) score; see the module's docstring.
+CASCADE_THRESHOLD = 0.5
+#: Uncertain pieces of one text that the second stage embeds at most (a 4,000-character prompt is
+#: five windows; a document's addressed sentences can be dozens).
+MAX_EMBEDDED = 6
+#: MiniLM reads at most this many tokens of a piece (a 1,000-character window is about 250): the
+#: start of a prompt is where its intent is, and the cost per piece stays fixed.
+EMBED_TOKENS = 128
+
 _MODELS = {name: LazyModel(name) for name in (LEXICAL_MODEL, EMBED_MODEL)}
+#: The second stage's MiniLM, loaded by the first text that reaches it.
+_EMBEDDER = SharedEmbedder(EMBED_TOKENS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +207,64 @@ def short_text_logits(texts: list[str], logits: np.ndarray, bias: float) -> np.n
     return np.float32(bias) + (np.asarray(logits, np.float32) - np.float32(bias)) * scale
 
 
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    result: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(logits, -40, 40)))
+    return result
+
+
+def model_probabilities(model: LinearModel, texts: list[str], vectors: np.ndarray | None = None) -> np.ndarray:
+    """One model's injection probability per text, with short texts' evidence scaled down."""
+    return _sigmoid(short_text_logits(texts, model.logits(texts, vectors)[:, 0], float(model.bias[0])))
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """The cascade's operating point: lexical probabilities in [low, high) go to the second model,
+    which flags from `threshold`."""
+
+    low: float
+    high: float
+    threshold: float
+
+    @classmethod
+    def of(cls, model: LinearModel) -> Band:
+        low, high, threshold = (float(v) for v in model.extras["cascade"][:3])
+        if not 0.0 < low < high < 1.0 or not 0.0 < threshold < 1.0:
+            raise ValueError(f"invalid cascade band {low}, {high}, {threshold}")
+        return cls(low, high, threshold)
+
+    def uncertain(self, lexical: np.ndarray) -> np.ndarray:
+        result: np.ndarray = (lexical >= self.low) & (lexical < self.high)
+        return result
+
+    def lexical_scores(self, lexical: np.ndarray) -> np.ndarray:
+        """Out-of-band lexical probabilities mapped around 0.5 (in-band ones not embedded: below it)."""
+        below = 0.5 * lexical / self.high
+        above = 0.5 + 0.5 * (lexical - self.high) / (1.0 - self.high)
+        result: np.ndarray = np.where(lexical >= self.high, above, below)
+        return result
+
+    def second_scores(self, second: np.ndarray) -> np.ndarray:
+        """The second model's probabilities shifted so that its threshold maps to 0.5."""
+        clipped = np.clip(second, 1e-7, 1 - 1e-7)
+        shift = np.log(self.threshold / (1.0 - self.threshold))
+        return _sigmoid(np.log(clipped / (1.0 - clipped)) - shift)
+
+
+def cascade_scores(
+    band: Band, lexical: np.ndarray, second: Callable[[np.ndarray], np.ndarray], limit: int = MAX_EMBEDDED
+) -> np.ndarray:
+    """The cascade's scores of pieces whose lexical probabilities are `lexical`: `second(indices)`
+    returns the second model's probabilities of those pieces, and is called only for uncertain
+    ones, at most `limit` of them (the most suspicious; the rest count as benign)."""
+    scores = band.lexical_scores(lexical)
+    uncertain = np.flatnonzero(band.uncertain(lexical))
+    if len(uncertain):
+        chosen = uncertain[np.argsort(-lexical[uncertain], kind="stable")[:limit]]
+        scores[chosen] = band.second_scores(second(chosen))
+    return scores
+
+
 def rule_matches(text: str, indirect: bool) -> Iterator[tuple[Rule, int, int]]:
     for rule in RULES:
         if rule.indirect_only and not indirect:
@@ -230,33 +313,50 @@ def _candidate_sentences(text: str) -> list[tuple[int, int, bool]]:
 class InjectionDetector:
     """Finds prompt injection (kind "injection") and jailbreak attempts (kind "jailbreak").
 
-    `threshold`: the probability from which a text is flagged; default the one chosen on the
-    validation split for a false-positive rate of at most 2%. `embed`: a function that turns texts
-    into the local MiniLM's 384-d vectors (guards.textclassifier.minilm_embedder() makes one); with
-    it the detector runs the weights trained with those vectors, without it the lexical weights.
+    `embeddings`: run the cascade (the default): the lexical model everywhere, the MiniLM second
+    model on uncertain pieces only; False: the lexical model alone. `embed`: the function that
+    makes the second stage's 384-d vectors (default: the packaged MiniLM, loaded on first need; a
+    test passes its own). `threshold`: the score from which a text is flagged; default the cascade's
+    0.5, or the lexical model's own threshold without embeddings (chosen on the validation split).
+    `second_stage_pieces` counts the pieces the second model has scored (tests and benches read it;
+    approximate under concurrent calls).
     """
 
     uses_model = True
 
     name = "injection"
 
-    def __init__(self, threshold: float | None = None, embed: Embed | None = None) -> None:
-        self._embed = embed
-        self._model = _MODELS[EMBED_MODEL if embed is not None else LEXICAL_MODEL]
+    def __init__(self, threshold: float | None = None, embed: Embed | None = None, embeddings: bool = True) -> None:
+        self._lexical = _MODELS[LEXICAL_MODEL]
+        self._second = _MODELS[EMBED_MODEL] if embeddings else None
+        self._embed: Embed = embed if embed is not None else _EMBEDDER
         self._threshold = threshold
+        self.second_stage_pieces = 0
+
+    @property
+    def embeddings(self) -> bool:
+        return self._second is not None
 
     @property
     def threshold(self) -> float:
-        if self._threshold is None:
-            return float(self._model.get().thresholds[0])
-        return self._threshold
+        if self._threshold is not None:
+            return self._threshold
+        if self._second is not None:
+            return CASCADE_THRESHOLD
+        return float(self._lexical.get().thresholds[0])
 
     def _probabilities(self, texts: list[str]) -> np.ndarray:
-        model = self._model.get()
-        vectors = self._embed(texts) if self._embed is not None else None
-        logits = short_text_logits(texts, model.logits(texts, vectors)[:, 0], float(model.bias[0]))
-        result: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(logits, -40, 40)))
-        return result
+        lexical = model_probabilities(self._lexical.get(), texts)
+        if self._second is None:
+            return lexical
+        second = self._second.get()
+
+        def second_stage(indices: np.ndarray) -> np.ndarray:
+            chosen = [texts[i] for i in indices]
+            self.second_stage_pieces += len(chosen)
+            return model_probabilities(second, chosen, self._embed(chosen))
+
+        return cascade_scores(Band.of(second), lexical, second_stage)
 
     def score(self, text: str, context: ScanContext = DEFAULT_CONTEXT) -> float:
         """The text's injection probability: the largest of its findings' scores, or of its windows."""

@@ -33,6 +33,12 @@ def _injection() -> Detector:
     return InjectionDetector()
 
 
+def _injection_lexical() -> Detector:
+    from meshgate.guards.injection import InjectionDetector
+
+    return InjectionDetector(embeddings=False)
+
+
 def _moderation() -> Detector:
     from meshgate.guards.moderation import ModerationDetector
 
@@ -53,6 +59,10 @@ BUILTIN: dict[str, Callable[[], Detector]] = {
     "leakage": _leakage,
 }
 
+#: Built-in detectors in another configuration, by the names the engine asks for (never a policy's).
+LEXICAL_INJECTION = "injection:lexical"
+VARIANTS: dict[str, Callable[[], Detector]] = {LEXICAL_INJECTION: _injection_lexical}
+
 _shared: dict[str, Detector] = {}
 _shared_lock = threading.Lock()
 
@@ -64,7 +74,7 @@ def builtin(name: str) -> Detector:
         with _shared_lock:
             found = _shared.get(name)
             if found is None:
-                found = _shared[name] = BUILTIN[name]()
+                found = _shared[name] = (BUILTIN.get(name) or VARIANTS[name])()
     return found
 
 

@@ -8,7 +8,8 @@ vector L2-normalised, so a text's length does not decide its score.
 Models are `.npz` files loaded with `allow_pickle=False` after their sha256 is checked against
 `data/MANIFEST.json`: a changed file is refused with an error that names it. Weights are float16 on
 disk and float32 in memory. A model may also have `embed_weights` for a sentence-embedding vector
-(the local MiniLM's 384 dimensions) concatenated to the hashed features.
+(the local MiniLM's 384 dimensions) concatenated to the hashed features, and further named arrays
+(`extras`, e.g. the injection cascade's band) that its detector reads.
 
 This module imports numpy only; scripts/train_guards.py builds the same features for training.
 """
@@ -24,7 +25,7 @@ import threading
 import unicodedata
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,9 @@ def load_json(name: str, directory: Path | None = None) -> Any:
 # -- the model -------------------------------------------------------------------------------------
 
 
+_MODEL_ARRAYS = frozenset({"labels", "bits", "weights", "bias", "embed_weights", "thresholds", "meta"})
+
+
 @dataclass(frozen=True)
 class LinearModel:
     """`labels` one-vs-rest logistic models over hashed features (and optionally an embedding)."""
@@ -169,6 +173,8 @@ class LinearModel:
     bias: npt.NDArray[np.float32]  # (labels,)
     embed_weights: npt.NDArray[np.float32] | None  # (labels, dims) or None
     thresholds: npt.NDArray[np.float32]  # (labels,), chosen at training time
+    #: Any other arrays of the file, by name (float32), for the detector that uses the model.
+    extras: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, npt.NDArray[Any]]) -> LinearModel:
@@ -190,6 +196,11 @@ class LinearModel:
             bias=np.atleast_1d(arrays["bias"]).astype(np.float32),
             embed_weights=embed,
             thresholds=np.atleast_1d(arrays["thresholds"]).astype(np.float32),
+            extras={
+                key: np.atleast_1d(value).astype(np.float32)
+                for key, value in arrays.items()
+                if key not in _MODEL_ARRAYS and value.dtype.kind in "fiu"
+            },
         )
 
     @property
@@ -296,3 +307,23 @@ def minilm_embedder(max_tokens: int = 256, threads: int = 1) -> Embed:
         return result
 
     return embed
+
+
+class SharedEmbedder:
+    """One MiniLM embedder for the process, made on first use (loading the ONNX session costs a few
+    hundred milliseconds and about 30 MB, so only a caller that needs vectors pays it)."""
+
+    def __init__(self, max_tokens: int, threads: int = 1) -> None:
+        self._max_tokens = max_tokens
+        self._threads = threads
+        self._embed: Embed | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        embed = self._embed
+        if embed is None:
+            with self._lock:
+                if self._embed is None:
+                    self._embed = minilm_embedder(self._max_tokens, self._threads)
+                embed = self._embed
+        return embed(texts)

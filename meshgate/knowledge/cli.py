@@ -320,6 +320,12 @@ def register(cli: click.Group, load: Load, provider_types: Callable[[], dict[str
         default=None,
         help="Read as these principals (team:x,user:y,group:z); default: every document (admin, audited).",
     )
+    @click.option(
+        "--rerank/--no-rerank",
+        default=None,
+        help="Reorder the top fused chunks with the reranker (default: mesh.yaml knowledge.rerank).",
+    )
+    @click.option("--rerank-top-n", type=click.IntRange(1, 50), default=None, help="Candidates to rerank (20).")
     @click.option("--json", "as_json", is_flag=True)
     def search(
         config_path: str | None,
@@ -327,28 +333,39 @@ def register(cli: click.Group, load: Load, provider_types: Callable[[], dict[str
         query: str,
         top_k: int,
         readers: str | None,
+        rerank: bool | None,
+        rerank_top_n: int | None,
         as_json: bool,
         **cli_values: Any,
     ) -> None:
         """Search a bank (hybrid: BM25 and vectors) and print the chunks found."""
         tokens = _acl(readers)
+        option: Any = rerank
+        if rerank_top_n is not None and rerank is not False:
+            option = {"top_n": rerank_top_n}
 
-        async def work(service: KnowledgeService) -> list[Any]:
+        async def work(service: KnowledgeService) -> Any:
             who = Readers(frozenset(tokens)) if tokens else Readers.everyone()
             if tokens is None:
                 await service.audit_read_all(name, "cli", len(query))
-            return await service.search(name, query, who, top_k)
+            return await service.retrieve(name, query, who, top_k, rerank=option)
 
-        hits = run(config_path, cli_values, work, embeds=True)
+        retrieved = run(config_path, cli_values, work, embeds=True)
+        hits, reranked = retrieved.hits, retrieved.rerank_scores
         if as_json:
-            click.echo(json.dumps({"data": [hit.public() for hit in hits]}, indent=2))
+            data = [
+                {**hit.public(), "rerank_score": reranked[hit.chunk.chunk_id]} if reranked else hit.public()
+                for hit in hits
+            ]
+            click.echo(json.dumps({"data": data}, indent=2))
             return
         if not hits:
             click.echo("nothing found")
         for rank, hit in enumerate(hits, 1):
             chunk = hit.chunk
             where = f"p. {chunk.page}" if chunk.page else (chunk.section or "")
-            click.echo(f"{rank}. [{hit.score:.3f}] {chunk.title} ({chunk.source}{', ' + where if where else ''})")
+            scores = f"{hit.score:.3f}" + (f", rerank {reranked[chunk.chunk_id]:.2f}" if reranked else "")
+            click.echo(f"{rank}. [{scores}] {chunk.title} ({chunk.source}{', ' + where if where else ''})")
             text = " ".join(chunk.text.split())
             click.echo(f"   {text[:300]}{'...' if len(text) > 300 else ''}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ class Retrieved:
     hits: list[Hit]
     #: Cosine similarity to the query by chunk id (chunks the vector search found).
     similarities: dict[str, float]
+    #: The reranker's score by chunk id when the hits were reranked (orders one query's hits only).
+    rerank_scores: dict[str, float] = field(default_factory=dict)
 
 
 class KnowledgeService:
@@ -225,6 +227,15 @@ class KnowledgeService:
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm > 0 else vector
 
+    def rerank_top_n(self, option: Any) -> int | None:
+        """Candidates to rerank for a request's `rerank` value (None: mesh.yaml's knowledge.rerank)."""
+        from meshgate.knowledge.rerank import MAX_TOP_N, top_n_of
+
+        top_n = top_n_of(option, self.config.rerank)
+        if top_n is not None and not 1 <= top_n <= MAX_TOP_N:
+            raise InvalidKnowledgeRequest(f"rerank.top_n: must be between 1 and {MAX_TOP_N}", param="rerank")
+        return top_n
+
     async def search(
         self,
         bank_name: str,
@@ -233,9 +244,10 @@ class KnowledgeService:
         top_k: int = 5,
         filters: Filters | None = None,
         request_id: str = "search",
+        rerank: Any = None,
     ) -> list[Hit]:
         """Hybrid retrieval: BM25 and vectors, both with the readers' ACL inside the query, fused."""
-        return (await self.retrieve(bank_name, query, readers, top_k, filters, request_id)).hits
+        return (await self.retrieve(bank_name, query, readers, top_k, filters, request_id, rerank)).hits
 
     async def retrieve(
         self,
@@ -245,14 +257,20 @@ class KnowledgeService:
         top_k: int = 5,
         filters: Filters | None = None,
         request_id: str = "search",
+        rerank: Any = None,
     ) -> Retrieved:
-        """`search`, with the cosine similarity of each hit that the vector search found."""
+        """`search`, with the cosine similarity of each hit that the vector search found.
+
+        `rerank` (True, an object with `top_n`, False, or None for the server's default): the top
+        `top_n` fused chunks (at least `top_k`) are reordered by the reranker (knowledge/rerank.py)
+        and the first `top_k` returned; each keeps its fused score as `score`."""
         from meshgate.knowledge.index.fusion import KEYWORD_CANDIDATES, VECTOR_CANDIDATES, fuse
 
         if not query.strip():
             raise InvalidKnowledgeRequest("query: must not be empty", param="query")
         if not 1 <= top_k <= MAX_TOP_K:
             raise InvalidKnowledgeRequest(f"top_k: must be between 1 and {MAX_TOP_K}", param="top_k")
+        top_n = self.rerank_top_n(rerank)
         bank = await self.bank(bank_name)
         index = await self.index(bank.index_kind)
         vector = await self.embed_query(bank, query, request_id)
@@ -263,7 +281,17 @@ class KnowledgeService:
             )
         except ValueError as exc:  # an unknown filter field
             raise InvalidKnowledgeRequest(f"filters: {exc}", param="filters") from None
-        return Retrieved(fuse(keyword, similar, top_k), {hit.chunk.chunk_id: hit.score for hit in similar})
+        similarities = {hit.chunk.chunk_id: hit.score for hit in similar}
+        if top_n is None:
+            return Retrieved(fuse(keyword, similar, top_k), similarities)
+        from meshgate.knowledge import rerank as reranking
+
+        # Only chunks the index queries returned (the readers' ACL applied inside them) are reordered.
+        candidates = reranking.candidates_of(fuse(keyword, similar, max(top_n, top_k)), keyword, similar)
+        # Text features grow with the chunks' length: off the event loop, like the model's first load.
+        reranked = await asyncio.to_thread(lambda: reranking.default_reranker().rerank(query, candidates))
+        best = reranked[:top_k]
+        return Retrieved([r.hit for r in best], similarities, {r.hit.chunk.chunk_id: r.score for r in best})
 
     async def audit_read_all(self, bank_name: str, actor: str, query_chars: int) -> None:
         await self.record_event(AuditEvent("bank.read_all", actor, bank_name, {"query_chars": query_chars}))

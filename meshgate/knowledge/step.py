@@ -75,7 +75,11 @@ class KnowledgeStep(Step):
                 access.require_read(principal, bank)
             except PermissionDenied:
                 raise BankNotFound(name) from None
-            retrieved = await service.retrieve(name, question, readers, top_k, options.filters, call.request_id)
+            # With `rerank`, the reranker picks which top_k chunks come back; abstention below still
+            # reads each chunk's evidence (its cosine and word coverage), not the reranker's score.
+            retrieved = await service.retrieve(
+                name, question, readers, top_k, options.filters, call.request_id, options.rerank
+            )
             for hit in retrieved.hits:
                 similarity = retrieved.similarities.get(hit.chunk.chunk_id)
                 scored.append((grounding.evidence(question, hit, similarity), name, hit))
