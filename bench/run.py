@@ -41,11 +41,15 @@ from harness import (
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM_PORT, MESHGATE_PORT, LITELLM_PORT, PORTKEY_PORT = 18080, 18081, 18082, 18083
-#: `--routed`: a second meshgate whose `bench` is a two-deployment route with the exact cache on.
+#: `--routed`: a second meshgate whose `bench` is a two-deployment route with the exact cache on (and,
+#: with `--litellm`, a second LiteLLM configured alike).
 ROUTED_PORT = 18084
+LITELLM_ROUTED_PORT = 18085
 UPSTREAM_KEY = "sk-upstream"
 #: The other gateways, whose req/s meshgate's is compared with in the table when they ran.
 PEERS = {"litellm": "LiteLLM", "portkey": "Portkey"}
+#: Each meshgate target's LiteLLM configured the same way (the like-for-like ratio).
+ALIKE = {"meshgate": "litellm", "meshgate-routed": "litellm-routed"}
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 COMPLETION = {
     "id": "chatcmpl-bench",
@@ -197,20 +201,39 @@ def portkey_versions(path: str) -> dict[str, str]:
     return {"portkey": "unknown", "node": node}
 
 
-def start_litellm(command: str, tmp: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """LiteLLM's proxy, one worker, only its master key, routing `bench` to the upstream."""
-    (tmp / "litellm.yaml").write_text(
-        "model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/bench-model\n"
-        f"      api_base: http://127.0.0.1:{UPSTREAM_PORT}/v1\n      api_key: os.environ/BENCH_UPSTREAM_KEY\n"
-        "general_settings:\n  master_key: sk-litellm-bench\n"
+LITELLM_DEPLOYMENT = (
+    "  - model_name: bench\n    litellm_params:\n      model: openai/bench-model\n"
+    "      api_base: http://127.0.0.1:{port}/v1\n      api_key: os.environ/BENCH_UPSTREAM_KEY\n"
+)
+#: `--routed` with `--litellm`: LiteLLM configured like meshgate-routed, so that the ratio of the two
+#: compares like with like: two deployments of `bench` (its router shuffles between them, weights
+#: equal) and its response cache on, in memory (`cache_params.type: local`).
+LITELLM_ROUTED_SETTINGS = (
+    "router_settings:\n  routing_strategy: simple-shuffle\n"
+    "litellm_settings:\n  cache: true\n  cache_params:\n    type: local\n"
+)
+
+
+def start_litellm(
+    command: str, tmp: Path, env: dict[str, str], port: int = LITELLM_PORT, routed: bool = False
+) -> subprocess.Popen[bytes]:
+    """LiteLLM's proxy, one worker, only its master key, routing `bench` to the upstream (`routed`:
+    to two deployments of it, with its cache on)."""
+    config = tmp / f"litellm-{port}.yaml"
+    deployment = LITELLM_DEPLOYMENT.format(port=UPSTREAM_PORT)
+    config.write_text(
+        "model_list:\n"
+        + deployment * (2 if routed else 1)
+        + (LITELLM_ROUTED_SETTINGS if routed else "")
+        + "general_settings:\n  master_key: sk-litellm-bench\n"
     )
     process = subprocess.Popen(
-        [command, "--config", str(tmp / "litellm.yaml"), "--port", str(LITELLM_PORT), "--num_workers", "1"],
+        [command, "--config", str(config), "--port", str(port), "--num_workers", "1"],
         env={**env, "LITELLM_LOG": "ERROR"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_http(f"http://127.0.0.1:{LITELLM_PORT}/health/liveliness", timeout=300)
+    wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=300)
     return process
 
 
@@ -294,7 +317,7 @@ def main() -> None:
         MESHGATE_PORT,
         LITELLM_PORT,
         PORTKEY_PORT,
-        *([ROUTED_PORT] if args.routed else []),
+        *([ROUTED_PORT, LITELLM_ROUTED_PORT] if args.routed else []),
         *(GUARDED_PORTS.values() if args.guards else []),
     )
     for tool in ("nginx", "wrk"):
@@ -357,6 +380,12 @@ def main() -> None:
                 f"http://127.0.0.1:{LITELLM_PORT}/v1/chat/completions",
                 {"Authorization": "Bearer sk-litellm-bench"},
             )
+            if args.routed:
+                processes["litellm-routed"] = start_litellm(args.litellm, tmp, env, LITELLM_ROUTED_PORT, routed=True)
+                targets["litellm-routed"] = (
+                    f"http://127.0.0.1:{LITELLM_ROUTED_PORT}/v1/chat/completions",
+                    {"Authorization": "Bearer sk-litellm-bench"},
+                )
 
         # -- Portkey's gateway, one Node process, same upstream -------------------------------------
         if args.portkey:
@@ -378,7 +407,7 @@ def main() -> None:
         for name, (_, headers) in targets.items():
             scripts[name] = tmp / f"{name}.lua"
             scripts[name].write_text(wrk_script(body_json, headers))
-        unique = {name for name in targets if name == "meshgate-routed"}
+        unique = {name for name in targets if name in ("meshgate-routed", "litellm-routed")}
         connections = [int(c) for c in args.connections.split(",")]
         for round_index in range(args.rounds):
             for count in connections:
@@ -423,6 +452,9 @@ def table(results: Results) -> str:
     variants = any(r.target.startswith("meshgate-") for r in results.runs)
     if variants:
         columns.append("of plain meshgate")
+    alike = any(r.target in ALIKE.values() and r.target != "litellm" for r in results.runs)
+    if alike:
+        columns.append("meshgate vs LiteLLM configured alike")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for (target, count), (rps, p50, p99) in sorted(medians.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         base = medians.get(("upstream", count))
@@ -432,6 +464,8 @@ def table(results: Results) -> str:
         if variants:
             plain = medians.get(("meshgate", count))
             cells.append(f"{rps / plain[0]:.2f}" if plain and target.startswith("meshgate-") else "")
+        if alike:
+            cells.append(ratio(medians, target, ALIKE.get(target, ""), count))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Peak RSS (MB): " + ", ".join(f"{k} {v}" for k, v in results.peak_rss_mb.items()))
