@@ -129,6 +129,8 @@ class ConfigReloader:
         self.runtime = runtime
         self._lock = asyncio.Lock()
         self._tasks = Background(log, "config reload")
+        #: Models a reload replaced, closed after the grace period (or at shutdown, if sooner).
+        self._retiring: list[Model] = []
         self._signal = False
 
     @property
@@ -216,6 +218,7 @@ class ConfigReloader:
         runtime._leaves = leaves
         runtime._started = [m for m in runtime._started if m not in gone] + started
         if gone:
+            self._retiring.extend(gone)
             self._tasks.spawn(self._close_later(gone))
         assert runtime.audit is not None
         await runtime.audit.record(
@@ -242,11 +245,22 @@ class ConfigReloader:
 
     async def _close_later(self, models: list[Model]) -> None:
         await asyncio.sleep(self.runtime.settings.shutdown_timeout)
+        await self._close(models)
+
+    async def _close(self, models: list[Model]) -> None:
         for model in models:
+            if model not in self._retiring:
+                continue  # closed already (shutdown came first)
+            self._retiring.remove(model)
             try:
                 await model.close()
             except Exception:
                 log.exception("model %s did not close cleanly", model.name)
+
+    async def close_retiring(self) -> None:
+        """At shutdown: close the replaced models whose grace period has not ended (their calls
+        are over: the server drained them before stopping the runtime)."""
+        await self._close(list(self._retiring))
 
     def _report(self, result: ReloadResult) -> None:
         with contextlib.suppress(OSError):

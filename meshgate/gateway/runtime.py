@@ -179,6 +179,7 @@ class Runtime:
 
     async def stop(self) -> None:
         self.reloads.stop()
+        await self.reloads.close_retiring()
         for result in self.plugins.hook.shutdown(runtime=self):
             if asyncio.iscoroutine(result):
                 await result

@@ -20,6 +20,7 @@ import aiohttp
 from pydantic import SecretStr, field_validator
 
 from meshgate.errors import MeshError, UpstreamError, UpstreamTimeout
+from meshgate.providers import connectors
 from meshgate.providers.base import (
     CallContext,
     CapabilityProfile,
@@ -76,17 +77,19 @@ class JsonUpstream(Model):
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.config.max_connections, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(
+        # The pool is shared with the other models calling the same origin (connectors.py).
+        self.session = connectors.session(
+            self.config.base_url,
+            self.config.max_connections,
+            aiohttp.ClientTimeout(
                 total=self.total_timeout, sock_connect=self.config.connect_timeout, sock_read=self.config.read_timeout
             ),
-            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:
         if self.session is not None:
-            await self.session.close()
+            await connectors.close(self.session)
+            self.session = None
 
     def describe(self) -> dict[str, Any]:
         return {"upstream_model": self.config.model}

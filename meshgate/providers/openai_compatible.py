@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from meshgate.errors import InvalidRequest, MeshError, RateLimited, UpstreamError, UpstreamTimeout
 from meshgate.protocol import ChatCompletionRequest, to_wire
+from meshgate.providers import connectors
 from meshgate.providers.base import (
     CallContext,
     CapabilityProfile,
@@ -164,22 +165,23 @@ class _Upstream:
         )
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.config.max_connections, keepalive_timeout=60)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
+        # The pool is shared with the other models calling the same origin (connectors.py); the
+        # session, with this model's timeouts, is its own. No cookies are ever kept.
+        self.session = connectors.session(
+            self.config.base_url,
+            self.config.max_connections,
+            aiohttp.ClientTimeout(
                 total=self.total_timeout,
                 sock_connect=self.config.connect_timeout,
                 sock_read=self.config.read_timeout,
             ),
-            # The upstream's own compression is fine, but we never want aiohttp to guess cookies.
-            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
         )
 
     async def close(self) -> None:
         if self.session is not None:
-            await self.session.close()
+            await connectors.close(self.session)
+            self.session = None
         await self.streams.close()
 
     def _error_from_status(self, status: int, body: bytes, headers: Any) -> MeshError:
