@@ -488,7 +488,6 @@ class SQLiteBackend(Backend):
     async def lookup(self, entry_id: str, bucket: str | None) -> tuple[bytes | None, Candidates]:
         now = time.time()
         if now >= self._next_purge_check:
-            await self._open()
             await self._check_purges(now)
         pending = self._pending.get(entry_id)
         if pending is not None and pending.expires > now:
@@ -528,19 +527,21 @@ class SQLiteBackend(Backend):
 
     # -- writes --
 
-    def _write(self, batch: list[Entry], replaced: list[tuple[int, str]], seen: int) -> _Written:
+    def _write(self, batch: list[Entry], replaced: list[tuple[int, str]]) -> _Written:
         """One transaction (one WAL commit) for the whole batch, on the writer thread. The rows go
         in a few multi-row INSERTs (chunks of 128, 64, ... 1 rows: a handful of statement texts,
         each prepared once): the thread gives up and takes back the GIL once per statement, not
         once per row as executemany does, and each take-back waits on the busy event loop.
-        Not written when the file was purged by another process since `seen` (the write lock
-        orders the two: a purge either comes after this batch and removes what it must, or
-        before, and then the batch, built before it was known, is dropped)."""
+        Not written when the file was purged by another process since this one last looked
+        (the write lock orders the two: a purge either comes after this batch and removes what it
+        must, or before, and then the batch, built before it was known, is dropped). This
+        process's own purges run on this thread too and record themselves as seen (`_purge`), so
+        a batch queued behind one is written."""
         conn = self._open_writer()
         removed: list[tuple[int, str]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if (last_purge := self._last_purge(conn)) > seen:
+            if (last_purge := self._last_purge(conn)) > self._purges_seen:
                 conn.execute("ROLLBACK")
                 return _Written(0, [], purged=last_purge)
             if replaced:  # rare: an id stored again (no-cache, or after it expired)
@@ -628,7 +629,7 @@ class SQLiteBackend(Backend):
             self._queue = []
             rows = self._rows
             replaced = [(rid, e.id) for e in batch if (rid := rows.get(hash(e.id))) is not None]
-            written: _Written = await self._on(self._writer, self._write, batch, replaced, self._purges_seen)
+            written: _Written = await self._on(self._writer, self._write, batch, replaced)
             if written.purged:
                 self._forget_unwritten(written.purged)
                 continue
@@ -643,7 +644,7 @@ class SQLiteBackend(Backend):
 
     # -- purges --
 
-    def _purge(self, where: PurgeFilter, now: float) -> tuple[int, dict[int, int], int]:
+    def _purge(self, where: PurgeFilter, now: float) -> tuple[int, dict[int, int]]:
         conn = self._open_writer()
         clauses: list[str] = []
         params: list[str | float] = []
@@ -677,8 +678,11 @@ class SQLiteBackend(Backend):
                 raise
         finally:
             conn.execute("PRAGMA secure_delete=OFF")
+        # Seen at once, on this thread: a batch queued behind this purge must not take it for
+        # another process's.
+        self._purges_seen = max(self._purges_seen, int(seq))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return int(removed), self._load_index(), int(seq)  # what is left is the file's to say
+        return int(removed), self._load_index()  # what is left is the file's to say
 
     async def purge(self, where: PurgeFilter) -> int:
         if self._flushing is not None:
@@ -695,9 +699,8 @@ class SQLiteBackend(Backend):
             for entry_id in doomed:
                 del self._pending[entry_id]
         doomed_fresh = self._fresh.purge_now(where)
-        removed, rows, seq = await self._on(self._writer, self._purge, where, now)
+        removed, rows = await self._on(self._writer, self._purge, where, now)
         self._rows = rows
-        self._purges_seen = max(self._purges_seen, seq)  # its own: nothing more to drop
         return int(removed) + len(doomed) + doomed_fresh
 
     def _close(self, conn: sqlite3.Connection | None) -> None:

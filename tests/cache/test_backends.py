@@ -396,3 +396,27 @@ async def test_sqlite_purge_by_another_process_reaches_entries_held_in_memory(
     await asyncio.sleep(0.06)
     assert await server.get(rid("x:after")) == b"value of x:after"
     await server.close()
+
+
+async def test_sqlite_a_batch_queued_behind_its_own_purge_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write thread runs this process's purge, then a batch queued meanwhile: the purge is its
+    own, so the batch is no "batch from before another process's purge" and is written."""
+    import meshgate.cache.backends as backends
+
+    monkeypatch.setattr(backends, "FLUSH_DELAY", 0.0)
+    path = tmp_path / "cache.sqlite3"
+    backend = SQLiteBackend(path, persist="always")
+    await backend.put(entry("q:old", team="gone"))
+    backend.put_later(entry("q:held", team="kept"))  # `on-hit` would hold it; `always` queues it
+    await backend._flushing  # type: ignore[misc]
+    purging = asyncio.create_task(backend.purge(PurgeFilter(team="gone")))
+    for _ in range(5):
+        await asyncio.sleep(0)  # the purge is on the write thread
+    flush = backend.put_later(entry("q:new", team="kept"))
+    assert await purging == 1
+    assert flush is not None
+    await flush
+    assert _file_ids(path) == sorted([rid("q:held"), rid("q:new")])
+    await backend.close()
