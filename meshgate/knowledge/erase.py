@@ -29,7 +29,7 @@ from meshgate.knowledge.ingest import remove_document
 from meshgate.knowledge.records import DocumentRecord
 from meshgate.knowledge.service import KnowledgeService
 from meshgate.observe.audit import AuditEvent
-from meshgate.store.database import Database
+from meshgate.store.database import Database, holding, holds
 from meshgate.store.responses import erase_responses
 
 log = logging.getLogger("meshgate.knowledge")
@@ -126,14 +126,14 @@ class Eraser:
         return receipt
 
     async def _stored_content(self, subject: str, receipt: Receipt) -> None:
-        like = "ILIKE" if self.db.dialect == "postgresql" else "LIKE"
+        dialect = self.db.dialect
         audit = 0
         legacy = 0
         reviews = 0
         for needle in _needles(subject):
-            pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            pattern = holding(needle)
             rows = await self.db.fetchall(
-                f"SELECT seq, content_sha256 FROM audit_log WHERE content {like} ? ESCAPE '\\'", (pattern,)
+                f"SELECT seq, content_sha256 FROM audit_log WHERE {holds(dialect, 'content')}", (pattern,)
             )
             erasable = [int(r["seq"]) for r in rows if r["content_sha256"] is not None]
             legacy += len(rows) - len(erasable)
@@ -141,7 +141,7 @@ class Eraser:
                 await self.db.execute("UPDATE audit_log SET content = NULL WHERE seq = ?", (seq,))
             audit += len(erasable)
             found = await self.db.fetchall(
-                f"SELECT id FROM reviews WHERE request {like} ? ESCAPE '\\' OR response {like} ? ESCAPE '\\'",
+                f"SELECT id FROM reviews WHERE {holds(dialect, 'request')} OR {holds(dialect, 'response')}",
                 (pattern, pattern),
             )
             for row in found:

@@ -63,3 +63,15 @@ def redact(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
     return parts._replace(netloc=netloc).geturl()
+
+
+def holds(dialect: str, column: str) -> str:
+    """A clause: `column` holds the text of a `?` parameter made by `holding()`, ignoring case
+    (SQLite's LIKE ignores ASCII case; PostgreSQL's needs ILIKE)."""
+    operator = "ILIKE" if dialect == "postgresql" else "LIKE"
+    return f"{column} {operator} ? ESCAPE '\\'"
+
+
+def holding(text: str) -> str:
+    """The parameter of `holds()`: `text` anywhere, its wildcards taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

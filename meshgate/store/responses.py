@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from meshgate.store.batch_writer import BatchWriter, Record
-from meshgate.store.database import Database, Queries
+from meshgate.store.database import Database, Queries, holding, holds
 
 log = logging.getLogger("meshgate.responses")
 
@@ -89,13 +89,11 @@ async def erasure_count(q: Queries) -> int:
 async def erase_responses(db: Database, needles: list[str]) -> int:
     """Bump the counter and delete the stored responses holding any needle (case-insensitive), in
     one transaction under LOCK. Returns how many went."""
-    like = "ILIKE" if db.dialect == "postgresql" else "LIKE"
     async with db.exclusive(LOCK) as tx:
         await tx.execute("UPDATE meshgate_state SET value = value + 1 WHERE name = 'erasures'")
         doomed: set[str] = set()
         for needle in needles:
-            pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            rows = await tx.fetchall(f"SELECT id FROM responses WHERE body {like} ? ESCAPE '\\'", (pattern,))
+            rows = await tx.fetchall(f"SELECT id FROM responses WHERE {holds(db.dialect, 'body')}", (holding(needle),))
             doomed.update(str(r["id"]) for r in rows)
         for response_id in doomed:
             await tx.execute("DELETE FROM responses WHERE id = ?", (response_id,))
@@ -134,7 +132,7 @@ class ResponseStore:
         return len(self._entries)
 
     async def start(self) -> None:
-        if self.db is None or self._writer is None:
+        if self.db is None or self._writer is None:  # memory only
             return
         self._erasures = await erasure_count(self.db)
         await self._sweep()
