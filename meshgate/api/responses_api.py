@@ -554,15 +554,8 @@ class _EventStream:
 
 
 def _store(request: Request) -> ResponseStore:
-    """The runtime's store (on its database once started); an app serving a runtime it did not
-    start gets one in memory."""
-    store: ResponseStore | None = getattr(runtime_of(request), "responses", None)
-    if store is not None:
-        return store
-    state = request.app.state
-    if getattr(state, "responses_store", None) is None:
-        state.responses_store = ResponseStore()
-    return state.responses_store  # type: ignore[no-any-return]
+    """The runtime's store: in memory, and on its database once started."""
+    return runtime_of(request).responses
 
 
 def _owner(request: Request) -> str:
